@@ -1,0 +1,3 @@
+from resnetc.cli import entry
+
+entry()

@@ -1,0 +1,137 @@
+"""The Python API: everything the CLI does, for notebooks and scripts.
+
+    >>> import resnetc
+    >>> model = resnetc.lower("specs/resnet34.yaml")
+    >>> resnetc.info("specs/resnet34.yaml").params
+    21797672
+    >>> source = resnetc.to_source("specs/resnet34.yaml")
+    >>> proto = resnetc.to_onnx("specs/resnet34.yaml")          # seeded weights
+    >>> result = resnetc.compile_spec("specs/resnet34.yaml", target="all")
+
+Nothing here prints or exits; errors are `SpecError` (with locations) or `WeightsError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from resnetc.errors import Location, SpecError, UsageError
+from resnetc.ir.analysis import Summary, summarize
+from resnetc.ir.graph import Model
+from resnetc.ir.lower import lower as _lower
+from resnetc.spec.load import LoadedSpec, load_spec
+
+if TYPE_CHECKING:
+    import onnx
+
+    from resnetc.weights import Weights
+
+SpecLike = Union[str, Path, LoadedSpec, Model]
+WeightsLike = Union[str, Path, "Weights", None]
+TARGETS = ("torch", "onnx", "all")
+DEFAULT_OUT = Path("generated")
+
+
+def load(spec: str | Path) -> LoadedSpec:
+    """Read and validate a spec file."""
+    return load_spec(spec)
+
+
+def lower(spec: SpecLike) -> Model:
+    """A spec file (or loaded spec) lowered to the IR, shapes inferred and checked."""
+    if isinstance(spec, Model):
+        return spec
+    return _lower(spec if isinstance(spec, LoadedSpec) else load_spec(spec))
+
+
+def info(spec: SpecLike) -> Summary:
+    """Parameters, MACs, depth and the per-stage table."""
+    return summarize(lower(spec))
+
+
+def to_source(spec: SpecLike) -> str:
+    """The generated PyTorch module's source text."""
+    from resnetc.backends.torch_src import render
+
+    return render(lower(spec))
+
+
+@dataclass(frozen=True)
+class OnnxResult:
+    proto: onnx.ModelProto
+    weights_origin: str  # the weights file, or a note that they are seeded
+
+
+def _weights(model: Model, weights: WeightsLike, seed: int) -> tuple[Weights, str]:
+    from resnetc.weights import initialise, match_weights, read_weights
+
+    if weights is None:
+        return initialise(model.graph, seed), f"seeded initialisation (seed {seed}); pass --weights for real weights"
+    if isinstance(weights, (str, Path)):
+        return match_weights(model.graph, read_weights(weights), f"weights in {weights}"), str(weights)
+    return match_weights(model.graph, dict(weights)), "weights given in memory"
+
+
+def build_onnx(spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32",
+               seed: int = 0) -> OnnxResult:
+    """The ONNX model and where its weights came from."""
+    from resnetc.backends.onnx_graph import build
+
+    model = lower(spec)
+    arrays, origin = _weights(model, weights, seed)
+    return OnnxResult(build(model, arrays, opset=opset, dtype=dtype), origin)
+
+
+def to_onnx(spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32") -> onnx.ModelProto:
+    """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None)."""
+    return build_onnx(spec, weights, opset=opset, dtype=dtype).proto
+
+
+@dataclass
+class CompileResult:
+    written: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+    differing: list[Path] = field(default_factory=list)  # only with check=True
+    weights_origin: str | None = None
+
+
+def _module_name_problem(loaded: LoadedSpec) -> None:
+    if not (loaded.stem.isascii() and loaded.stem.isidentifier()):
+        raise SpecError.at(Location(loaded.source.path, 1, 1), f"the spec's file name '{loaded.file_name}' must be a "
+                           "valid Python module name (letters, digits and _), since outputs are named after it", "E110")
+
+
+def compile_spec(spec: str | Path | LoadedSpec, out_dir: str | Path = DEFAULT_OUT, *, target: str = "torch",
+                 weights: WeightsLike = None, opset: int = 17, dtype: str = "float32", check: bool = False) -> CompileResult:
+    """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
+    in memory first, so a bad spec or weights file writes nothing."""
+    from resnetc.files import refresh_bytecode, write_atomic
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    _module_name_problem(loaded)
+    model = lower(loaded)
+    out_dir = Path(out_dir)
+    outputs: dict[Path, bytes] = {}
+    result = CompileResult()
+    if target in ("torch", "all"):
+        outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
+    if target in ("onnx", "all"):
+        built = build_onnx(model, weights, opset=opset, dtype=dtype)
+        outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
+        result.weights_origin = built.weights_origin
+    for path, data in outputs.items():
+        current = path.read_bytes() if path.is_file() else None
+        if current == data:
+            result.unchanged.append(path)
+        elif check:
+            result.differing.append(path)
+        else:
+            write_atomic(path, data)
+            if path.suffix == ".py":
+                refresh_bytecode(path)
+            result.written.append(path)
+    return result

@@ -1,0 +1,1 @@
+"""Backends: the IR rendered as PyTorch source, or built into an ONNX graph."""

@@ -1,0 +1,269 @@
+"""IR -> PyTorch source. Strings are built here; the Jinja template only lays them out.
+
+Block types become classes, stages become `nn.Sequential`s built with loops, and every
+`forward` is written out line by line. Only identifiers that `ir.names` accepted and
+`repr()`s of validated ints, floats and bools reach the source, which is parsed before
+it is returned.
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from collections.abc import Callable
+from math import isfinite
+
+import jinja2
+
+from resnetc.backends.templates import template_dir
+from resnetc.ir.graph import BlockInstance, LayerIR, Model, Scope
+from resnetc.ir.lower import fold
+from resnetc.spec import expr as expressions
+from resnetc.spec.expr import BinOp, Const, Expr
+
+TEMPLATE = "module.py.jinja"
+
+# Weight initialisation as torchvision does it, so a generated model trains like the reference.
+_INIT_WEIGHTS = [
+    "def init_weights(self) -> None:",
+    '    """He initialisation for convolutions; BatchNorm starts as the identity."""',
+    "    for module in self.modules():",
+    "        if isinstance(module, nn.Conv2d):",
+    '            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")',
+    "        elif isinstance(module, nn.BatchNorm2d):",
+    "            nn.init.ones_(module.weight)",
+    "            nn.init.zeros_(module.bias)",
+]
+
+
+class RenderError(Exception):
+    """The backend cannot express something; this is a bug in resnetc, not in the spec."""
+
+
+def _literal(value: object) -> str:
+    """Python source for a validated builtin value: only ints, finite floats and bools."""
+    if isinstance(value, bool) or (isinstance(value, int) and not isinstance(value, bool)):
+        return repr(value)
+    if isinstance(value, float) and isfinite(value):
+        return repr(float(value))
+    raise RenderError(f"cannot render {value!r} as a literal")
+
+
+def _expr(value: object) -> str:
+    if isinstance(value, (Const, expressions.Name, expressions.Neg, BinOp)):
+        return expressions.to_python(fold(value))
+    return _literal(value)
+
+
+def _keywords(pairs: list[tuple[str, object, object]]) -> str:
+    """`name=value` for each value that differs from its default (None: always shown)."""
+    parts = []
+    for name, value, default in pairs:
+        shown = _expr(value)
+        if default is None or shown != _expr(default):
+            parts.append(f"{name}={shown}")
+    return ", ".join(parts)
+
+
+def _default_padding(layer: LayerIR) -> Expr:
+    kernel, dilation = layer.attrs["kernel"], layer.attrs["dilation"]
+    return fold(BinOp("//", BinOp("*", dilation, BinOp("-", kernel, Const(1))), Const(2)))  # type: ignore[arg-type]
+
+
+def _conv(layer: LayerIR, channels: Expr) -> str:
+    a = layer.attrs
+    padding = a["padding"] if a["padding"] is not None else _default_padding(layer)
+    options = _keywords([("kernel_size", a["kernel"], None), ("stride", a["stride"], Const(1)),
+                         ("padding", padding, Const(0)), ("dilation", a["dilation"], Const(1)),
+                         ("groups", a["groups"], Const(1)), ("bias", a["bias"], True)])
+    return f"nn.Conv2d({_expr(channels)}, {_expr(a['out'])}, {options})"
+
+
+def _batchnorm(layer: LayerIR, channels: Expr) -> str:
+    options = _keywords([("eps", layer.attrs["eps"], 1e-5), ("momentum", layer.attrs["momentum"], 0.1)])
+    return f"nn.BatchNorm2d({_expr(channels)}{', ' + options if options else ''})"
+
+
+def _linear(layer: LayerIR, channels: Expr) -> str:
+    options = _keywords([("bias", layer.attrs["bias"], True)])
+    return f"nn.Linear({_expr(channels)}, {_expr(layer.attrs['out'])}{', ' + options if options else ''})"
+
+
+def _pool_options(layer: LayerIR) -> str:
+    stride = layer.attrs["stride"] if layer.attrs["stride"] is not None else layer.attrs["kernel"]
+    return _keywords([("kernel_size", layer.attrs["kernel"], None), ("stride", stride, layer.attrs["kernel"]),
+                      ("padding", layer.attrs["padding"], Const(0))])
+
+
+# Ops with weights are modules; the others are written as calls in `forward`, except inside
+# an nn.Sequential block, which needs a module for everything.
+MODULES: dict[str, Callable[[LayerIR, Expr], str]] = {
+    "conv": _conv,
+    "batchnorm": _batchnorm,
+    "linear": _linear,
+    "relu": lambda layer, channels: "nn.ReLU()",
+    "maxpool": lambda layer, channels: f"nn.MaxPool2d({_pool_options(layer)})",
+    "avgpool": lambda layer, channels: f"nn.AvgPool2d({_pool_options(layer)})",
+    "global_avg_pool": lambda layer, channels: "nn.AdaptiveAvgPool2d(1)",
+    "flatten": lambda layer, channels: "nn.Flatten()",
+}
+WEIGHTED = ("conv", "batchnorm", "linear")
+CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
+    "relu": lambda layer, args: f"F.relu({args[0]})",
+    "maxpool": lambda layer, args: f"F.max_pool2d({args[0]}, {_pool_options(layer)})",
+    "avgpool": lambda layer, args: f"F.avg_pool2d({args[0]}, {_pool_options(layer)})",
+    "global_avg_pool": lambda layer, args: f"F.adaptive_avg_pool2d({args[0]}, 1)",
+    "flatten": lambda layer, args: f"torch.flatten({args[0]}, 1)",
+    "add": lambda layer, args: " + ".join(args),
+}
+
+
+def _variables(scope: Scope) -> dict[str, str]:
+    """The local variable that holds each value in `forward`.
+
+    The main path reuses one variable (`x` when the input is not needed again, else `out`);
+    a value that must survive while the main path moves on gets a variable named after its layer.
+    """
+    last_use: dict[str, int] = {}
+    for index, layer in enumerate(scope.layers):
+        for name in layer.inputs:
+            last_use[name] = index
+    chain = "x" if sum(layer.inputs.count("input") for layer in scope.layers) == 1 else "out"
+    holder: dict[str, str] = {"input": "x"}
+    occupant: str | None = "input" if chain == "x" else None  # the value now in the chain variable
+    for index, layer in enumerate(scope.layers):
+        chain_free = occupant is None or last_use.get(occupant, -1) <= index
+        if chain_free and (layer.inputs[0] == occupant or occupant is None or last_use.get(occupant, -1) < index):
+            holder[layer.name] = chain
+            occupant = layer.name
+        else:
+            holder[layer.name] = layer.name
+    return holder
+
+
+class _ClassWriter:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def block(self, scope: Scope) -> dict[str, object]:
+        params = ", ".join(f"{name}: int" if default is None else f"{name}: int = {_literal(default)}"
+                           for name, default in scope.params.items())
+        signature = "self, in_channels: int" + (f", *, {params}" if params else "")
+        if scope.is_sequential:
+            modules = [f"    {MODULES[layer.op](layer, scope.input_channels[layer.name])}," for layer in scope.layers]
+            init = ["super().__init__(", *modules, ")"]
+            return self._class(scope, "nn.Sequential", signature, init, [])
+        lets = [f"{name} = {_expr(value)}" for name, value in scope.lets.items()]
+        init = ["super().__init__()", *lets, *self._members(scope)]
+        return self._class(scope, "nn.Module", signature, init, self._forward(scope, {}))
+
+    def body(self) -> dict[str, object]:
+        scope = self.model.body
+        params = ", ".join(f"{name}: int = {_literal(scope.params[name])}" for name in ("num_classes", "in_channels"))
+        init = ["super().__init__()", *self._members(scope), "self.init_weights()"]
+        forward = self._forward(scope, self.model.body_shapes)
+        return self._class(scope, "nn.Module", f"self, {params}", init, forward, _INIT_WEIGHTS)
+
+    def _class(self, scope: Scope, base: str, signature: str, init: list[str], forward: list[str],
+               extra: list[str] | None = None) -> dict[str, object]:
+        doc = textwrap.fill(" ".join(scope.doc.split()) or f"The {scope.name} block.", width=92,
+                            subsequent_indent="    ")
+        if scope is self.model.body:
+            c, h, w = self.model.input_shape
+            doc += f"\n\n    Built for inputs of shape (N, {c}, {h}, {w}); any size that survives the downsampling works.\n    "
+        elif "\n" in doc:
+            doc += "\n    "
+        return {"name": scope.class_name, "base": base, "doc": doc.replace('"""', "'''").replace("\\", "\\\\"),
+                "signature": signature, "init": init, "forward": forward, "extra": extra or []}
+
+    def _members(self, scope: Scope) -> list[str]:
+        lines = []
+        for layer in scope.layers:
+            channels = scope.input_channels[layer.name]
+            if layer.op in WEIGHTED:
+                lines.append(f"self.{layer.name} = {MODULES[layer.op](layer, channels)}")
+            elif layer.op == "stage":
+                lines.extend(self._stage(layer, channels))
+            elif layer.op == "shortcut":
+                lines.append(self._shortcut(layer, channels))
+        return lines
+
+    def _shortcut(self, layer: LayerIR, channels: Expr) -> str:
+        model = self.model
+        projection = model.blocks[model.projection]
+        out, stride = layer.attrs["out"], layer.attrs["stride"]
+        call = f"{projection.class_name}({_expr(channels)}, out={_expr(out)}, stride={_expr(stride)})"
+        if model.shortcut_option == "C":
+            return f"self.{layer.name} = {call}"
+        condition = f"{_expr(stride)} != 1 or {_expr(channels)} != {_expr(out)}"
+        return f"self.{layer.name} = {call} if {condition} else None"
+
+    def _stage(self, layer: LayerIR, channels: Expr) -> list[str]:
+        instances = self.model.stages[layer.name]
+        block = self.model.blocks[instances[0].block]
+        groups: list[tuple[str, int]] = []
+        for index, instance in enumerate(instances):
+            call = self._block_call(block, instance, channels if index == 0 else Const(instance.in_channels))
+            if groups and groups[-1][0] == call:
+                groups[-1] = (call, groups[-1][1] + 1)
+            else:
+                groups.append((call, 1))
+        items = [call if count == 1 else f"*({call} for _ in range({count}))" for call, count in groups]
+        if len(items) == 1:
+            return [f"self.{layer.name} = nn.Sequential({items[0]})"]
+        return [f"self.{layer.name} = nn.Sequential(", *(f"    {item}," for item in items), ")"]
+
+    def _block_call(self, block: Scope, instance: BlockInstance, channels: Expr) -> str:
+        arguments = [_expr(channels)]
+        for name, default in block.params.items():
+            value = instance.args[name]
+            if default is None or value != default:
+                arguments.append(f"{name}={_literal(value)}")
+        return f"{block.class_name}({', '.join(arguments)})"
+
+    def _forward(self, scope: Scope, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+        holder = _variables(scope)
+        lines = []
+        for layer in scope.layers:
+            args = [holder[name] for name in layer.inputs]
+            if layer.op in WEIGHTED or layer.op == "stage":
+                value = f"self.{layer.name}({args[0]})"
+            elif layer.op == "shortcut":
+                value = f"self.{layer.name}({args[0]})"
+                if self.model.shortcut_option != "C":
+                    value = f"{args[0]} if self.{layer.name} is None else {value}"
+            else:
+                value = CALLS[layer.op](layer, args)
+            line = f"{holder[layer.name]} = {value}"
+            if layer.name in shapes:
+                line += f"  # (N, {', '.join(str(size) for size in shapes[layer.name])})"
+            lines.append(line)
+        lines.append(f"return {holder[scope.output]}")
+        return lines
+
+
+def render(model: Model) -> str:
+    """The generated module's source text for a lowered model."""
+    writer = _ClassWriter(model)
+    blocks = list(model.blocks.values())
+    # Classes in dependency order: projection (used by other blocks) first, the model last.
+    blocks.sort(key=lambda scope: scope.name != model.projection)
+    classes = [writer.block(scope) for scope in blocks] + [writer.body()]
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # Python source, not HTML: values are validated before they get here
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    title = model.class_name + (f": {' '.join(model.doc.split())}" if model.doc else "")
+    source = environment.get_template(TEMPLATE).render(
+        title=title.replace('"""', "'''").replace("\\", "\\\\"),
+        file_name=model.file_name,
+        sha256=model.sha256,
+        exports=[model.class_name] + [scope.class_name for scope in blocks],
+        classes=classes,
+    )
+    ast.parse(source, filename=f"{model.stem}.py")
+    return source

@@ -1,0 +1,163 @@
+"""`resnetc`: argv -> API calls -> printed results and exit codes.
+
+The only module that prints or exits. Exit codes: 0 success, 1 a check found a difference,
+2 bad input (spec, weights, model file, usage). A user's mistake never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from resnetc.errors import ResnetcError, SpecError
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnetc", description="Compile declarative ResNet specs to PyTorch and ONNX.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help="write generated/<stem>.py and/or .onnx")
+    compile_.add_argument("specs", nargs="+", metavar="SPEC")
+    compile_.add_argument("--out", default="generated", help="output folder (default: generated/)")
+    compile_.add_argument("--target", choices=("torch", "onnx", "all"), default="torch")
+    compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
+    compile_.add_argument("--opset", type=int, default=17)
+    compile_.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    compile_.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)")
+    compile_.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    check = commands.add_parser("check", help="validate specs and infer shapes; one line per spec")
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    info = commands.add_parser("info", help="per-stage table: output shape, params, MACs")
+    info.add_argument("specs", nargs="+", metavar="SPEC")
+    info.add_argument("--json", action="store_true", help="one JSON object per spec")
+    info.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
+    run.add_argument("model", metavar="MODEL.onnx")
+    run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")
+    run.add_argument("--batch", type=int, default=1)
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
+    return parser
+
+
+def _report(error: SpecError, error_format: str) -> None:
+    from resnetc.diagnostics import format_json, format_text
+
+    print(format_json(error.diagnostics) if error_format == "json" else format_text(error.diagnostics), file=sys.stderr)
+
+
+def _for_each_spec(args: argparse.Namespace, action: Callable[[str], int]) -> int:
+    """Run `action` on every spec; a bad spec is reported and the others still run."""
+    status = EXIT_OK
+    for spec in args.specs:
+        try:
+            status = max(status, action(spec))
+        except SpecError as error:
+            _report(error, args.error_format)
+            status = EXIT_BAD_INPUT
+    return status
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from resnetc.api import compile_spec
+
+    def one(spec: str) -> int:
+        result = compile_spec(spec, args.out, target=args.target, weights=args.weights, opset=args.opset,
+                              dtype=args.dtype, check=args.check)
+        if args.check:
+            for path in result.differing:
+                print(f"{path}: differs from what {spec} gives")
+            return EXIT_DIFFERENT if result.differing else EXIT_OK
+        for path in result.written:
+            print(f"wrote {path}")
+        for path in result.unchanged:
+            print(f"unchanged {path}")
+        if result.weights_origin is not None:
+            print(f"  weights: {result.weights_origin}")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+
+    def one(spec: str) -> int:
+        summary = info(spec)
+        output = "x".join(map(str, summary.output))
+        print(f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
+              f"{summary.macs / 1e9:.3f} GMACs, output {output}")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+    from resnetc.ir.analysis import format_table
+
+    def one(spec: str) -> int:
+        summary = info(spec)
+        print(json.dumps(summary.as_json()) if args.json else format_table(summary) + "\n")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from resnetc.runtime.inputs import load_model_bytes, make_batch, top_k
+    from resnetc.runtime.session import create_session, infer, median_latency
+
+    model = load_model_bytes(Path(args.model))
+    session = create_session(model, args.provider)
+    batch = make_batch(session, args.input, args.batch)
+    logits = infer(session, batch)
+    latency = median_latency(session, batch, repeats=max(1, args.repeats))
+    print(f"model: {args.model}")
+    print(f"provider: {session.get_providers()[0]}")
+    print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
+    print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
+    print(f"median latency: {latency * 1e3:.2f} ms over {max(1, args.repeats)} runs (batch {batch.shape[0]})")
+    return EXIT_OK
+
+
+COMMANDS = {"compile": _compile, "check": _check, "info": _info, "run": _run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as error:
+        _report(error, getattr(args, "error_format", "text"))
+        return EXIT_BAD_INPUT
+    except ResnetcError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one
+        print(f"internal error: {type(error).__name__}: {error}\n"
+              "This is a bug in resnetc, not in your input; please report it with the command you ran.", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,45 @@
+"""Turning errors into what a person (text) or a tool (JSON) reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from resnetc.errors import Diagnostic
+
+MAX_SHOWN = 20
+
+
+def _source_line(diagnostic: Diagnostic, texts: dict[str, str]) -> str | None:
+    path = diagnostic.location.path
+    if path not in texts:
+        try:
+            texts[path] = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, ValueError):
+            texts[path] = ""
+    lines = texts[path].splitlines()
+    number = diagnostic.location.line
+    return lines[number - 1] if 0 < number <= len(lines) else None
+
+
+def format_text(diagnostics: list[Diagnostic], texts: dict[str, str] | None = None) -> str:
+    """`FILE:LINE:COL: error[CODE]: MESSAGE`, the source line and a caret under the column."""
+    texts = {} if texts is None else texts
+    blocks = []
+    for diagnostic in diagnostics[:MAX_SHOWN]:
+        block = [str(diagnostic)]
+        line = _source_line(diagnostic, texts)
+        if line is not None:
+            number = str(diagnostic.location.line)
+            shown = line.expandtabs(1).replace("\r", "")
+            block.append(f" {number} | {shown}")
+            block.append(f" {' ' * len(number)} | {' ' * (diagnostic.location.col - 1)}^")
+        blocks.append("\n".join(block))
+    if len(diagnostics) > MAX_SHOWN:
+        blocks.append(f"... and {len(diagnostics) - MAX_SHOWN} more errors")
+    return "\n".join(blocks)
+
+
+def format_json(diagnostics: list[Diagnostic]) -> str:
+    return json.dumps([{"file": d.location.path, "line": d.location.line, "col": d.location.col,
+                        "code": d.code, "message": d.message} for d in diagnostics])

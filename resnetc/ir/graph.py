@@ -1,0 +1,148 @@
+"""The IR: symbolic scopes (block types and the model body) and the concrete graph they lower to.
+
+A `Scope` keeps a block's layers with their integer expressions, which the PyTorch backend
+renders as a class. The `Graph` holds one concrete `Node` per layer instance, with dotted
+module names (hence state_dict keys), every tensor's shape, parameter shapes and MACs.
+The IR imports no backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Union
+
+from resnetc.errors import Location
+from resnetc.spec.expr import Expr
+from resnetc.spec.yaml_source import Path as DocPath
+from resnetc.spec.yaml_source import SourceMap
+
+Shape = tuple[int, ...]  # one sample's shape: (C, H, W) or (features,); the batch is implicit
+AttrValue = Union[Expr, bool, float, str, None]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a layer was written, so that errors found late still point at the spec."""
+
+    source: SourceMap
+    path: DocPath
+
+    def at(self, key: str | None = None) -> Location:
+        return self.source.value((*self.path, key)) if key is not None else self.source.value(self.path)
+
+
+@dataclass(frozen=True)
+class LayerIR:
+    """One layer of a scope, before instantiation: attributes may be expressions."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]  # names in the scope: "input" or an earlier layer
+    attrs: dict[str, AttrValue]
+    origin: Origin
+    block: str | None = None  # stage only: which block type it repeats
+    args: dict[str, Expr] = field(default_factory=dict)  # stage only: arguments for every block
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A block type (or the model body): parameters, layers and symbolic channel counts."""
+
+    name: str
+    class_name: str
+    doc: str
+    params: dict[str, int | None]  # in declaration order; None means required
+    lets: dict[str, Expr]  # derived values, each over the parameters and the lets before it
+    layers: tuple[LayerIR, ...]
+    input_channels: dict[str, Expr]  # channels of each layer's (first) input, as an expression
+    output: str
+    origin: Origin
+
+    def layer(self, name: str) -> LayerIR:
+        return next(layer for layer in self.layers if layer.name == name)
+
+    @property
+    def is_sequential(self) -> bool:
+        """Layers named 0, 1, 2, ... each reading the previous: rendered as an nn.Sequential."""
+        return all(layer.name == str(i) for i, layer in enumerate(self.layers))
+
+
+@dataclass(frozen=True)
+class BlockInstance:
+    """One block of a stage: its type, its input channels and its full arguments."""
+
+    block: str
+    in_channels: int
+    args: dict[str, int]
+
+
+@dataclass
+class Node:
+    """One concrete operation. `name` is its dotted module path and the name of its output."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: dict[str, int | float | bool]
+    shape: Shape
+    params: dict[str, Shape] = field(default_factory=dict)  # learnable: weight, bias
+    buffers: dict[str, Shape] = field(default_factory=dict)  # running statistics
+    macs: int = 0
+    shortcut: bool = False  # part of a projection shortcut: not counted in the paper's depth
+    where: Location | None = None
+
+    @property
+    def param_count(self) -> int:
+        return sum(prod(shape) for shape in self.params.values())
+
+
+@dataclass
+class Graph:
+    input_shape: Shape
+    nodes: list[Node]
+    output: str
+    aliases: dict[str, str] = field(default_factory=dict)  # identity shortcuts: name -> value read
+
+    def node(self, name: str) -> Node:
+        return self._index()[name]
+
+    def _index(self) -> dict[str, Node]:
+        return {node.name: node for node in self.nodes}
+
+    def shape_of(self, value: str) -> Shape:
+        value = self.aliases.get(value, value)
+        return self.input_shape if value == "input" else self.node(value).shape
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shape_of(self.output)
+
+    def tensors(self) -> dict[str, Shape]:
+        """Every parameter and buffer, by state_dict key, in module order."""
+        table: dict[str, Shape] = {}
+        for node in self.nodes:
+            for kind in (node.params, node.buffers):
+                for key, shape in kind.items():
+                    table[f"{node.name}.{key}"] = shape
+        return table
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the backends need: the scopes to render and the concrete graph to run."""
+
+    class_name: str
+    stem: str
+    file_name: str
+    sha256: str
+    doc: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    shortcut_option: str
+    projection: str
+    body: Scope
+    blocks: dict[str, Scope]  # the block types the model uses, in first-use order
+    stages: dict[str, list[BlockInstance]]  # top-level stage name -> its blocks
+    body_shapes: dict[str, Shape]  # output shape of every top-level layer at the spec's input size
+    graph: Graph

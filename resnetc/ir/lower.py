@@ -1,0 +1,350 @@
+"""Lowering: a validated spec becomes scopes (symbolic) and a concrete graph.
+
+Two passes. The static pass checks what needs no numbers (names, references, which
+parameters an expression may read, which blocks exist) and reports every problem at once.
+The concrete pass instantiates every stage and block with numbers, infers shapes and stops
+at the first shape error, which is reported at the spec line that caused it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnetc.errors import Diagnostic, SpecError
+from resnetc.ir import shapes
+from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, Node, Origin, Scope
+from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
+from resnetc.spec import expr as expressions
+from resnetc.spec.expr import Const, Expr
+from resnetc.spec.load import LoadedSpec, Located
+from resnetc.spec.models import BlockDef, Layer
+from resnetc.spec.yaml_source import Path as DocPath
+from resnetc.spec.yaml_source import SourceMap
+
+MODEL_PARAMS = ("num_classes", "in_channels")
+MAX_REPEAT = 10_000
+MAX_PARAMETERS = 4_000_000_000  # checked before any weight exists
+_EXPRESSION_ATTRS = ("out", "kernel", "stride", "padding", "groups", "dilation")
+
+
+def fold(node: Expr) -> Expr:
+    """Constant-fold an expression (leaves it alone where a name or a division by zero remains)."""
+    if not expressions.names(node):
+        try:
+            return Const(expressions.evaluate(node, {}))
+        except expressions.ExprError:
+            return node
+    return node
+
+
+class _StaticChecks:
+    """Builds scopes from spec layers, collecting every problem that needs no numbers."""
+
+    def __init__(self, loaded: LoadedSpec) -> None:
+        self.loaded = loaded
+        self.problems: list[Diagnostic] = []
+        self.blocks: dict[str, Scope] = {}
+
+    def fail(self, where: Any, message: str, code: str) -> None:
+        self.problems.append(Diagnostic(where, message, code))
+
+    def block(self, name: str, used_at: Origin, key: str) -> Scope | None:
+        if name in self.blocks:
+            return self.blocks[name]
+        located = self.loaded.blocks.get(name)
+        if located is None:
+            known = ", ".join(sorted(self.loaded.blocks))
+            self.fail(used_at.at(key), f"unknown block '{name}'; known blocks: {known}", "E301")
+            return None
+        scope = self._block_scope(name, located)
+        self.blocks[name] = scope
+        return scope
+
+    def _block_scope(self, name: str, located: Located) -> Scope:
+        block: BlockDef = located.block
+        origin = Origin(located.source, located.path)
+        class_name = block.class_name or default_class_name(name)
+        if (problem := class_name_problem(class_name)) is not None:
+            self.fail(origin.at("class_name") if block.class_name else located.source.key(located.path), problem, "E302")
+        for param in block.params:
+            if (problem := identifier_problem(param, RESERVED_PARAM_NAMES)) is not None:
+                self.fail(located.source.key((*located.path, "params", param)), f"parameter {problem}", "E302")
+        allowed = set(block.params) | {"in_channels"}
+        lets: dict[str, Expr] = {}
+        for let, value in block.let.items():
+            key_origin = Origin(located.source, (*located.path, "let"))
+            if (problem := identifier_problem(let, RESERVED_PARAM_NAMES)) is not None or let in allowed:
+                self.fail(located.source.key((*located.path, "let", let)), problem or f"'{let}' is already a parameter", "E302")
+            lets[let] = self._expression(value, allowed, key_origin, let) or Const(0)
+            allowed.add(let)
+        layers = self._layers(block.layers, located.source, (*located.path, "layers"), allowed, top_level=False)
+        return Scope(name, class_name, block.doc, dict(block.params), lets, layers, self._channels(layers),
+                     layers[-1].name, origin)
+
+    def body(self) -> Scope:
+        spec = self.loaded.spec
+        source = self.loaded.source
+        if (problem := class_name_problem(spec.name)) is not None:
+            self.fail(source.value(("name",)), problem, "E302")
+        params: dict[str, int | None] = {"num_classes": spec.num_classes, "in_channels": spec.input[0]}
+        layers = self._layers(spec.layers, source, ("layers",), set(MODEL_PARAMS), top_level=True)
+        projection_users = [layer for layer in layers if layer.op == "stage" and layer.block in self.blocks
+                            and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)]
+        if projection_users:
+            projection = self.block(spec.projection, Origin(source, ()), "projection")
+            if projection is not None and not {"out", "stride"} <= set(projection.params):
+                self.fail(source.value(("projection",)),
+                          f"the projection block '{spec.projection}' must take parameters 'out' and 'stride'", "E303")
+        return Scope("model", spec.name, spec.doc, params, {}, layers, self._channels(layers), layers[-1].name,
+                     Origin(source, ()))
+
+    def _layers(self, layers: dict[str, Layer], source: SourceMap, path: DocPath, allowed: set[str],
+                top_level: bool) -> tuple[LayerIR, ...]:
+        result: list[LayerIR] = []
+        sequential = all(name == str(i) for i, name in enumerate(layers))
+        for index, (name, layer) in enumerate(layers.items()):
+            origin = Origin(source, (*path, name))
+            if not sequential and (problem := identifier_problem(name)) is not None:
+                self.fail(source.key((*path, name)), f"layer {problem}", "E302")
+            if sequential and getattr(layer, "from_", None) not in (None, str(index - 1) if index else "input"):
+                self.fail(origin.at("from"), "layers named 0, 1, 2, ... form a chain and cannot read other layers", "E304")
+            inputs = self._inputs(layer, result, origin)
+            attrs: dict[str, AttrValue] = {}
+            for key, value in layer:
+                if key in ("op", "from_", "block", "args", "repeat"):
+                    continue
+                attrs[key] = self._expression(value, allowed, origin, key) if key in _EXPRESSION_ATTRS else value
+            block_name, args = None, {}
+            if layer.op == "shortcut" and top_level:
+                self.fail(origin.at("op"), "a shortcut belongs inside a block, next to the add it feeds", "E305")
+            if layer.op == "stage":
+                if not top_level:
+                    self.fail(origin.at("op"), "stages belong at the top level of a spec, not inside a block", "E305")
+                block_name = layer.block
+                attrs["repeat"] = layer.repeat
+                if not 1 <= layer.repeat <= MAX_REPEAT:
+                    self.fail(origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306")
+                args = {key: self._expression(value, allowed, Origin(source, (*path, name, "args")), key)
+                        for key, value in layer.args.items()}
+                self._check_stage(layer.block, args, layer.stride, origin)
+            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args))
+        return tuple(result)
+
+    def _inputs(self, layer: Layer, earlier: list[LayerIR], origin: Origin) -> tuple[str, ...]:
+        reference = getattr(layer, "from_", None)
+        if reference is None:
+            return (earlier[-1].name if earlier else "input",)
+        references = reference if isinstance(reference, list) else [reference]
+        known = {"input"} | {item.name for item in earlier}
+        for position, name in enumerate(references):
+            if name not in known:
+                where = origin.source.value((*origin.path, "from", position)) if isinstance(reference, list) else origin.at("from")
+                choices = ", ".join(["input"] + [item.name for item in earlier]) or "input"
+                self.fail(where, f"'{name}' is not an earlier layer; 'from' can name: {choices}", "E307")
+        return tuple(references)
+
+    def _expression(self, value: Any, allowed: set[str], origin: Origin, key: str) -> Expr | None:
+        if value is None:
+            return None
+        node = Const(value) if isinstance(value, int) else expressions.parse(value)
+        for name in expressions.names(node):
+            if name not in allowed:
+                self.fail(origin.at(key), f"unknown parameter '{name}' in expression; known here: "
+                          + ", ".join(sorted(allowed)), "E308")
+        return node
+
+    def _check_stage(self, block_name: str, args: dict[str, Expr], stride: Any, origin: Origin) -> None:
+        block = self.block(block_name, origin, "block")
+        if block is None:
+            return
+        for name in args:
+            if name not in block.params:
+                self.fail(origin.source.key((*origin.path, "args", name)),
+                          f"block '{block_name}' has no parameter '{name}'; its parameters: "
+                          + ", ".join(block.params), "E309")
+        missing = [name for name, default in block.params.items()
+                   if default is None and name not in args and name != "stride"]
+        if missing:
+            self.fail(origin.at("args") if args else origin.at(), f"block '{block_name}' needs "
+                      + ", ".join(f"'{name}'" for name in missing) + " in args", "E309")
+        if "stride" in args:
+            self.fail(origin.source.key((*origin.path, "args", "stride")),
+                      "give a stage's stride as the stage's own 'stride' (it applies to the first block)", "E309")
+        if stride != 1 and "stride" not in block.params:
+            self.fail(origin.at("stride"), f"block '{block_name}' has no 'stride' parameter to downsample with", "E309")
+
+    def _channels(self, layers: tuple[LayerIR, ...]) -> dict[str, Expr]:
+        """Channels of each layer's input as an expression over the scope's parameters."""
+        produced: dict[str, Expr] = {"input": expressions.Name("in_channels")}
+        consumed: dict[str, Expr] = {}
+        for layer in layers:
+            channels = produced.get(layer.inputs[0], Const(0))
+            consumed[layer.name] = channels
+            if layer.op in ("conv", "linear", "shortcut"):
+                produced[layer.name] = layer.attrs["out"]  # type: ignore[assignment]
+            elif layer.op == "stage" and layer.block in self.blocks:
+                produced[layer.name] = self._stage_channels(layer, channels)
+            else:
+                produced[layer.name] = channels
+        return consumed
+
+    def _stage_channels(self, layer: LayerIR, channels: Expr) -> Expr:
+        block = self.blocks[layer.block]  # type: ignore[index]
+        out = self._output_channels(block)
+        defaults = {name: Const(value) for name, value in block.params.items() if value is not None}
+        for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
+            first_stride: Expr = layer.attrs["stride"] if index == 0 else Const(1)  # type: ignore[assignment]
+            stride = {"stride": first_stride} if "stride" in block.params else {}
+            env = {**defaults, **layer.args, **stride, "in_channels": channels}
+            channels = fold(expressions.substitute(out, env))
+        return channels
+
+    def _output_channels(self, block: Scope) -> Expr:
+        produced: dict[str, Expr] = {"input": expressions.Name("in_channels")}
+        for layer in block.layers:
+            if layer.op in ("conv", "linear", "shortcut"):
+                produced[layer.name] = layer.attrs["out"]  # type: ignore[assignment]
+            else:
+                produced[layer.name] = produced.get(layer.inputs[0], Const(0))
+        out = produced[block.output]
+        for name, value in reversed(block.lets.items()):  # inline lets: the result reads parameters only
+            out = expressions.substitute(out, {name: value})
+        return out
+
+
+class _Instantiator:
+    """The concrete pass: every block of every stage, with numbers and shapes."""
+
+    def __init__(self, loaded: LoadedSpec, blocks: dict[str, Scope]) -> None:
+        self.spec = loaded.spec
+        self.blocks = blocks
+        self.input_shape = tuple(self.spec.input)
+        self.nodes: list[Node] = []
+        self.shapes: dict[str, tuple[int, ...]] = {"input": self.input_shape}
+        self.stages: dict[str, list[BlockInstance]] = {}
+        self.parameters = 0
+
+    def fail(self, layer: LayerIR, key: str | None, message: str, prefix: str, code: str) -> SpecError:
+        # Blame the attribute where it was written, else the layer; name the instance when it is inside a stage.
+        context = f" (in {prefix.rstrip('.')})" if prefix else ""
+        return SpecError([Diagnostic(layer.origin.at(key), message + context, code)])
+
+    def evaluate(self, layer: LayerIR, key: str, env: dict[str, int], prefix: str) -> int | float | bool | None:
+        value = layer.attrs.get(key)
+        if isinstance(value, (Const, expressions.Name, expressions.Neg, expressions.BinOp)):
+            try:
+                return expressions.evaluate(value, env)
+            except expressions.ExprError as error:
+                raise self.fail(layer, key, str(error), prefix, "E310") from None
+        return value  # type: ignore[return-value]
+
+    def scope(self, scope: Scope, env: dict[str, int], prefix: str, source: str, shortcut: bool = False) -> str:
+        return self.values(scope, env, prefix, source, shortcut)[scope.output]
+
+    def values(self, scope: Scope, env: dict[str, int], prefix: str, source: str, shortcut: bool = False) -> dict[str, str]:
+        """Instantiate a scope; returns the graph value that each of its layers produced."""
+        env = dict(env)
+        for name, value in scope.lets.items():
+            try:
+                env[name] = expressions.evaluate(value, env)
+            except expressions.ExprError as error:
+                where = scope.origin.source.value((*scope.origin.path, "let", name))
+                raise SpecError.at(where, f"{error} (in {prefix.rstrip('.') or scope.name})", "E310") from None
+        values = {"input": source}
+        for layer in scope.layers:
+            inputs = [values[name] for name in layer.inputs]
+            if layer.op == "stage":
+                values[layer.name] = self.stage(layer, env, prefix, inputs[0])
+            elif layer.op == "shortcut":
+                values[layer.name] = self.shortcut(layer, env, prefix, inputs[0])
+            else:
+                values[layer.name] = self.primitive(layer, env, prefix, inputs, shortcut)
+        return values
+
+    def primitive(self, layer: LayerIR, env: dict[str, int], prefix: str, inputs: list[str], shortcut: bool) -> str:
+        attrs = {key: self.evaluate(layer, key, env, prefix) for key in layer.attrs}
+        try:
+            inferred = shapes.RULES[layer.op](attrs, [self.shapes[name] for name in inputs])
+        except shapes.ShapeError as error:
+            code = "E402" if "mismatch" in str(error) else "E403" if "reaches zero" in str(error) else "E401"
+            raise self.fail(layer, error.key, str(error), prefix, code) from None
+        name = prefix + layer.name
+        node = Node(name, layer.op, tuple(inputs), inferred.attrs, inferred.shape, inferred.params,
+                    inferred.buffers, inferred.macs, shortcut, layer.origin.at())
+        self.parameters += node.param_count
+        if self.parameters > MAX_PARAMETERS:
+            raise self.fail(layer, None, f"the model would have more than {MAX_PARAMETERS:,} parameters "
+                            f"({self.parameters * 4 / 2**30:.1f} GiB of fp32 weights)", prefix, "E404")
+        self.nodes.append(node)
+        self.shapes[name] = inferred.shape
+        return name
+
+    def stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
+        block = self.blocks[layer.block]  # type: ignore[index]
+        stride = self.evaluate(layer, "stride", env, prefix)
+        arguments: dict[str, int] = {}
+        for key, value in layer.args.items():
+            try:
+                arguments[key] = expressions.evaluate(value, env)
+            except expressions.ExprError as error:
+                raise SpecError.at(layer.origin.source.value((*layer.origin.path, "args", key)), str(error), "E310") from None
+        defaults = {name: value for name, value in block.params.items() if value is not None}
+        instances, value = [], source
+        for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
+            args = {**defaults, **arguments}
+            if "stride" in block.params:
+                args["stride"] = int(stride) if index == 0 else 1  # type: ignore[arg-type]
+            args = {name: args[name] for name in block.params}
+            in_channels = self.shapes[value][0]
+            instances.append(BlockInstance(block.name, in_channels, args))
+            value = self.scope(block, {**args, "in_channels": in_channels}, f"{prefix}{layer.name}.{index}.", value)
+        self.stages[prefix + layer.name] = instances
+        return value
+
+    def shortcut(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
+        channels = self.shapes[source][0]
+        out, stride = self.evaluate(layer, "out", env, prefix), self.evaluate(layer, "stride", env, prefix)
+        if self.spec.shortcut == "C" or channels != out or stride != 1:
+            projection = self.blocks[self.spec.projection]
+            defaults = {name: value for name, value in projection.params.items() if value is not None}
+            args = {**defaults, "out": int(out), "stride": int(stride)}  # type: ignore[arg-type]
+            return self.scope(projection, {**args, "in_channels": channels}, f"{prefix}{layer.name}.", source, True)
+        return source  # identity: the shortcut is the value itself
+
+
+def lower(loaded: LoadedSpec) -> Model:
+    """Check and instantiate a loaded spec; raises SpecError with every static problem, or the first shape problem."""
+    checks = _StaticChecks(loaded)
+    # Blocks first (a stage's channels depend on its block), then the model body that uses them.
+    for layer_name, layer in loaded.spec.layers.items():
+        if layer.op == "stage":
+            checks.block(layer.block, Origin(loaded.source, ("layers", layer_name)), "block")
+    body = checks.body()
+    if checks.problems:
+        raise SpecError(checks.problems)
+    instantiator = _Instantiator(loaded, checks.blocks)
+    values = instantiator.values(body, {"num_classes": loaded.spec.num_classes, "in_channels": loaded.spec.input[0]},
+                                 "", "input")
+    output = values[body.output]
+    final_shape = instantiator.shapes[output]
+    if final_shape != (loaded.spec.num_classes,):
+        last = body.layers[-1]
+        raise SpecError.at(last.origin.at(), f"the model must end in shape (num_classes,) = ({loaded.spec.num_classes},), "
+                           f"but its last layer '{last.name}' gives {final_shape}", "E405")
+    graph = Graph(instantiator.input_shape, instantiator.nodes, output)
+    return Model(
+        class_name=loaded.spec.name,
+        stem=loaded.stem,
+        file_name=loaded.file_name,
+        sha256=loaded.sha256,
+        doc=loaded.spec.doc,
+        input_shape=(loaded.spec.input[0], loaded.spec.input[1], loaded.spec.input[2]),
+        num_classes=loaded.spec.num_classes,
+        shortcut_option=loaded.spec.shortcut,
+        projection=loaded.spec.projection,
+        body=body,
+        blocks=checks.blocks,
+        stages=instantiator.stages,
+        body_shapes={layer.name: instantiator.shapes[values[layer.name]] for layer in body.layers},
+        graph=graph,
+    )

@@ -1,0 +1,1 @@
+"""IR -> IR rewrites, one verb-named module each."""

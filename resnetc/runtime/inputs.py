@@ -1,0 +1,71 @@
+"""Model files and input arrays for `resnetc run`, checked before onnxruntime sees them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from resnetc.errors import UsageError
+
+DEFAULT_SIZE = 224
+
+
+def load_model_bytes(path: Path) -> bytes:
+    """The bytes of an ONNX model file; UsageError when it is missing, empty or not ONNX."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such model file")
+    data = path.read_bytes()
+    if not data:
+        raise UsageError(f"{path}: the file is empty")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as error:  # noqa: BLE001 - protobuf raises several types for bad bytes
+        raise UsageError(f"{path}: not an ONNX model ({type(error).__name__})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise UsageError(f"{path}: not an ONNX model (no graph)")
+    return data
+
+
+def _spec_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
+    recorded = session.get_modelmeta().custom_metadata_map.get("resnetc.input_shape")
+    try:
+        channels, height, width = (int(part) for part in recorded.split(",")) if recorded else (0, 0, 0)
+    except ValueError:
+        return None
+    return (channels, height, width) if channels else None
+
+
+def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int) -> np.ndarray:
+    """The array to run: from a .npy file (checked against the model's input), or seeded noise."""
+    declared = session.get_inputs()[0]
+    shape = declared.shape
+    if input_file is None:
+        if batch < 1:
+            raise UsageError(f"--batch must be at least 1, got {batch}")
+        recorded = _spec_shape(session)
+        channels, height, width = recorded or (
+            shape[1] if isinstance(shape[1], int) else 3,
+            shape[2] if isinstance(shape[2], int) else DEFAULT_SIZE,
+            shape[3] if isinstance(shape[3], int) else DEFAULT_SIZE,
+        )
+        return np.random.default_rng(0).standard_normal((batch, channels, height, width), dtype=np.float32)
+    try:
+        array = np.load(input_file, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{input_file}: cannot read as a .npy array ({error})") from None
+    if array.dtype != np.float32:
+        raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32")
+    if array.ndim != len(shape):
+        raise UsageError(f"{input_file}: shape {list(array.shape)}; the model takes {len(shape)} dimensions {shape}")
+    for axis, (size, want) in enumerate(zip(array.shape, shape)):
+        if isinstance(want, int) and size != want:
+            raise UsageError(f"{input_file}: shape {list(array.shape)}; axis {axis} must be {want} (model input {shape})")
+    return array
+
+
+def top_k(row: np.ndarray, k: int) -> list[tuple[int, float]]:
+    order = np.argsort(-row, kind="stable")[:k]
+    return [(int(index), float(row[index])) for index in order]

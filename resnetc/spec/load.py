@@ -1,0 +1,143 @@
+"""From a spec file to a validated `LoadedSpec`, or a `SpecError` naming every problem's place."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from resnetc.errors import Diagnostic, Location, SpecError
+from resnetc.spec.models import BlockDef, Library, Spec
+from resnetc.spec.yaml_source import Path as DocPath
+from resnetc.spec.yaml_source import SourceMap, read_yaml
+
+LIBRARY_FILE = "blocks.yaml"
+
+
+@dataclass(frozen=True)
+class Located:
+    """A block definition and where it was written, so later errors can point into it."""
+
+    block: BlockDef
+    source: SourceMap
+    path: DocPath  # path of the block inside its document, e.g. ("blocks", "basic")
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    source: SourceMap
+    stem: str  # the file name without `.yaml`: names the outputs
+    file_name: str  # the file name only: no folders reach generated files
+    sha256: str
+    blocks: dict[str, Located]  # the library's blocks, overridden by the spec's own
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{error['loc'][-1]}'"
+    if error["type"] == "missing":
+        return f"missing required key '{error['loc'][-1]}'"
+    if error["type"] == "union_tag_invalid":
+        tag = error.get("ctx", {}).get("tag")
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        return f"unknown op '{tag}'; expected one of {expected}"
+    if error["type"] == "union_tag_not_found":
+        return "a layer needs an 'op' key"
+    if error["type"] == "literal_error":
+        return f"{message}, got {error['input']!r}"
+    if error["type"].endswith("_type") and not isinstance(error["input"], (dict, list)):
+        return f"{message}, got {error['input']!r} ({_type_name(error['input'])})"
+    return message
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _document_path(data: Any, loc: tuple[Any, ...]) -> DocPath:
+    """pydantic's `loc` may hold union tags and validator names: keep only real document keys."""
+    path: list[str | int] = []
+    node = data
+    for segment in loc:
+        if isinstance(node, dict) and segment in node:
+            path.append(segment)
+            node = node[segment]
+        elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
+            path.append(segment)
+            node = node[segment]
+        elif isinstance(node, dict) and isinstance(segment, str) and segment not in node and segment == loc[-1]:
+            path.append(segment)  # a key that should exist: locate its parent
+    return tuple(path)
+
+
+def _diagnostics(error: ValidationError, data: Any, source: SourceMap) -> list[Diagnostic]:
+    diagnostics = []
+    for item in error.errors(include_url=False):
+        path = _document_path(data, tuple(item["loc"]))
+        if item["type"] == "extra_forbidden":
+            where = source.key(path)
+        elif item["type"] == "missing":
+            where = source.value(path[:-1])
+        else:
+            where = source.value(path)
+        code = "E201" if item["type"] == "extra_forbidden" else "E202" if item["type"] == "missing" else "E200"
+        diagnostics.append(Diagnostic(where, _message(item), code))
+    return diagnostics
+
+
+def _validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
+    if not isinstance(data, dict):
+        raise SpecError.at(source.value(()), "the top level of a spec must be a mapping of keys to values", "E108")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_diagnostics(error, data, source)) from None
+
+
+@lru_cache(maxsize=1)
+def _library() -> tuple[Library, SourceMap]:
+    text = resources.files("resnetc.library").joinpath(LIBRARY_FILE).read_text(encoding="utf-8")
+    data, source = read_yaml(text, f"<resnetc library>/{LIBRARY_FILE}")
+    return _validate(Library, data, source), source
+
+
+def load_spec_text(text: str, path: str = "<spec>") -> LoadedSpec:
+    """Validate spec text; `path` is used in messages and (by its file name) in outputs."""
+    data, source = read_yaml(text, path)
+    spec: Spec = _validate(Spec, data, source)
+    library, library_source = _library()
+    blocks = {name: Located(block, library_source, ("blocks", name)) for name, block in library.blocks.items()}
+    blocks.update({name: Located(block, source, ("blocks", name)) for name, block in spec.blocks.items()})
+    file_name = Path(path).name
+    return LoadedSpec(
+        spec=spec,
+        source=source,
+        stem=Path(file_name).stem,
+        file_name=file_name,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        blocks=blocks,
+    )
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SpecError.at(Location(str(path), 1, 1), f"cannot read spec: {error.strerror or error}", "E109") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError.at(Location(str(path), 1, 1), f"spec is not UTF-8 text (byte {error.start})", "E109") from None
+    return load_spec_text(text, str(path))
