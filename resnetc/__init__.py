@@ -12,8 +12,8 @@ The Python API mirrors the CLI:
 
 __version__ = "0.1.0"
 
-from resnetc.api import build_onnx, compile_spec, info, load, lower, to_onnx, to_source  # noqa: E402
-from resnetc.errors import ResnetcError, SpecError, WeightsError  # noqa: E402
+from resnetc.api import build_onnx, compile_spec, info, load, lower, to_onnx, to_source
+from resnetc.errors import ResnetcError, SpecError, WeightsError
 
 __all__ = [
     "ResnetcError",

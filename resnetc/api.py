@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from resnetc.weights import Weights
 
-SpecLike = Union[str, Path, LoadedSpec, Model]
+SpecLike = str | Path | LoadedSpec | Model
 WeightsLike = Union[str, Path, "Weights", None]
 TARGETS = ("torch", "onnx", "all")
 DEFAULT_OUT = Path("generated")
@@ -74,8 +74,9 @@ def _weights(model: Model, weights: WeightsLike, seed: int) -> tuple[Weights, st
     return match_weights(model.graph, dict(weights)), "weights given in memory"
 
 
-def build_onnx(spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32",
-               seed: int = 0) -> OnnxResult:
+def build_onnx(
+    spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32", seed: int = 0
+) -> OnnxResult:
     """The ONNX model and where its weights came from."""
     from resnetc.backends.onnx_graph import build
 
@@ -99,12 +100,24 @@ class CompileResult:
 
 def _module_name_problem(loaded: LoadedSpec) -> None:
     if not (loaded.stem.isascii() and loaded.stem.isidentifier()):
-        raise SpecError.at(Location(loaded.source.path, 1, 1), f"the spec's file name '{loaded.file_name}' must be a "
-                           "valid Python module name (letters, digits and _), since outputs are named after it", "E110")
+        raise SpecError.at(
+            Location(loaded.source.path, 1, 1),
+            f"the spec's file name '{loaded.file_name}' must be a "
+            "valid Python module name (letters, digits and _), since outputs are named after it",
+            "E110",
+        )
 
 
-def compile_spec(spec: str | Path | LoadedSpec, out_dir: str | Path = DEFAULT_OUT, *, target: str = "torch",
-                 weights: WeightsLike = None, opset: int = 17, dtype: str = "float32", check: bool = False) -> CompileResult:
+def compile_spec(
+    spec: str | Path | LoadedSpec,
+    out_dir: str | Path = DEFAULT_OUT,
+    *,
+    target: str = "torch",
+    weights: WeightsLike = None,
+    opset: int = 17,
+    dtype: str = "float32",
+    check: bool = False,
+) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
     from resnetc.files import refresh_bytecode, write_atomic

@@ -18,7 +18,9 @@ EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetc", description="Compile declarative ResNet specs to PyTorch and ONNX.")
+    parser = argparse.ArgumentParser(
+        prog="resnetc", description="Compile declarative ResNet specs to PyTorch and ONNX."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compile_ = commands.add_parser("compile", help="write generated/<stem>.py and/or .onnx")
@@ -28,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
     compile_.add_argument("--opset", type=int, default=17)
     compile_.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    compile_.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)")
+    compile_.add_argument(
+        "--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)"
+    )
     compile_.add_argument("--error-format", choices=("text", "json"), default="text")
 
     check = commands.add_parser("check", help="validate specs and infer shapes; one line per spec")
@@ -71,8 +75,15 @@ def _compile(args: argparse.Namespace) -> int:
     from resnetc.api import compile_spec
 
     def one(spec: str) -> int:
-        result = compile_spec(spec, args.out, target=args.target, weights=args.weights, opset=args.opset,
-                              dtype=args.dtype, check=args.check)
+        result = compile_spec(
+            spec,
+            args.out,
+            target=args.target,
+            weights=args.weights,
+            opset=args.opset,
+            dtype=args.dtype,
+            check=args.check,
+        )
         if args.check:
             for path in result.differing:
                 print(f"{path}: differs from what {spec} gives")
@@ -94,8 +105,10 @@ def _check(args: argparse.Namespace) -> int:
     def one(spec: str) -> int:
         summary = info(spec)
         output = "x".join(map(str, summary.output))
-        print(f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
-              f"{summary.macs / 1e9:.3f} GMACs, output {output}")
+        print(
+            f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
+            f"{summary.macs / 1e9:.3f} GMACs, output {output}"
+        )
         return EXIT_OK
 
     return _for_each_spec(args, one)
@@ -150,8 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one
-        print(f"internal error: {type(error).__name__}: {error}\n"
-              "This is a bug in resnetc, not in your input; please report it with the command you ran.", file=sys.stderr)
+        print(
+            f"internal error: {type(error).__name__}: {error}\n"
+            "This is a bug in resnetc, not in your input; please report it with the command you ran.",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

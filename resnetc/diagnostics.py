@@ -34,6 +34,8 @@ def format_text(diagnostics: list[Diagnostic], texts: dict[str, str] | None = No
             shown = line.expandtabs(1).replace("\r", "")
             block.append(f" {number} | {shown}")
             block.append(f" {' ' * len(number)} | {' ' * (diagnostic.location.col - 1)}^")
+        if diagnostic.help:
+            block.append(f" {' ' * len(number)} = help: {diagnostic.help}")
         blocks.append("\n".join(block))
     if len(diagnostics) > MAX_SHOWN:
         blocks.append(f"... and {len(diagnostics) - MAX_SHOWN} more errors")
@@ -41,5 +43,16 @@ def format_text(diagnostics: list[Diagnostic], texts: dict[str, str] | None = No
 
 
 def format_json(diagnostics: list[Diagnostic]) -> str:
-    return json.dumps([{"file": d.location.path, "line": d.location.line, "col": d.location.col,
-                        "code": d.code, "message": d.message} for d in diagnostics])
+    return json.dumps(
+        [
+            {
+                "file": d.location.path,
+                "line": d.location.line,
+                "col": d.location.col,
+                "code": d.code,
+                "message": d.message,
+                "help": d.help,
+            }
+            for d in diagnostics
+        ]
+    )

@@ -8,6 +8,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every diagnostic code resnetc emits, in one place (the README's table is printed from this).
+CODES: dict[str, str] = {
+    "E100": "YAML syntax error",
+    "E101": "YAML anchors, aliases and merge keys are not allowed",
+    "E102": "duplicate key",
+    "E103": "a mapping key that is not a plain scalar",
+    "E104": "custom YAML tag",
+    "E105": "document nests too deeply",
+    "E106": "spec file too large",
+    "E107": "empty file, or more than one YAML document",
+    "E108": "the top level is not a mapping",
+    "E109": "spec file unreadable or not UTF-8",
+    "E110": "spec file name is not a valid Python module name",
+    "E200": "wrong type (no silent coercion)",
+    "E201": "unknown key",
+    "E202": "missing required key",
+    "E203": "unknown op",
+    "E204": "invalid value (out of range, malformed expression, unsupported version)",
+    "E301": "unknown block",
+    "E302": "invalid or reserved name",
+    "E303": "the projection block does not take 'out' and 'stride'",
+    "E304": "a numbered (sequential) block whose layers do not form a chain",
+    "E305": "an op in the wrong place (shortcut outside a block, stage inside one)",
+    "E306": "repeat out of range",
+    "E307": "'from' names no earlier layer",
+    "E308": "unknown parameter in an expression",
+    "E309": "stage arguments that do not fit the block",
+    "E310": "expression cannot be evaluated (division by zero)",
+    "E401": "invalid layer configuration (groups, padding, channels, ranks)",
+    "E402": "shape mismatch at an add",
+    "E403": "spatial size reaches zero",
+    "E404": "model too large",
+    "E405": "the model does not end in (num_classes,)",
+}
+
 
 @dataclass(frozen=True, order=True)
 class Location:
@@ -32,6 +67,7 @@ class Diagnostic:
     location: Location
     message: str
     code: str = "E000"
+    help: str | None = None  # a likely fix, shown as `help: ...`
 
     def __str__(self) -> str:
         return f"{self.location}: error[{self.code}]: {self.message}"
@@ -43,12 +79,13 @@ class SpecError(ResnetcError):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         if not diagnostics:
             raise ValueError("SpecError needs at least one diagnostic")
-        self.diagnostics = sorted(diagnostics, key=lambda d: (d.location, d.message))
+        unique = {(d.location, d.code, d.message): d for d in diagnostics}
+        self.diagnostics = sorted(unique.values(), key=lambda d: (d.location, d.code, d.message))
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
     @classmethod
-    def at(cls, location: Location, message: str, code: str = "E000") -> SpecError:
-        return cls([Diagnostic(location, message, code)])
+    def at(cls, location: Location, message: str, code: str = "E000", help: str | None = None) -> SpecError:
+        return cls([Diagnostic(location, message, code, help)])
 
     @property
     def first(self) -> Diagnostic:
@@ -65,3 +102,11 @@ class UsageError(ResnetcError):
 
 class RuntimeUnavailable(ResnetcError):
     """An execution provider that was asked for explicitly and could not be loaded."""
+
+
+def did_you_mean(name: str, choices: list[str] | set[str] | tuple[str, ...]) -> str | None:
+    """`did you mean 'relu'?` for a close match, else None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None

@@ -46,9 +46,13 @@ def _read_torch(path: Path) -> dict[str, object]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
-        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({str(error).splitlines()[0][:200]})") from None
-    except Exception as error:  # torch's unpickler raises its own types for non-state_dict pickles
-        raise WeightsError(f"{path}: not a plain state_dict ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+        raise WeightsError(
+            f"{path}: cannot read as a PyTorch state_dict ({str(error).splitlines()[0][:200]})"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch's unpickler raises its own types for non-state_dict pickles
+        raise WeightsError(
+            f"{path}: not a plain state_dict ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: holds a {type(data).__name__}, not a state_dict (a mapping of names to tensors)")
     result: dict[str, object] = {}
@@ -90,8 +94,11 @@ def match_weights(graph: Graph, arrays: dict[str, object], origin: str = "weight
     given = {key: value for key, value in arrays.items() if not key.endswith(IGNORED_SUFFIXES)}
     missing = [key for key in expected if key not in given]
     unexpected = [key for key in given if key not in expected]
-    misshaped = [f"{key} {tuple(np.shape(given[key]))} (expected {expected[key]})"
-                 for key in expected if key in given and tuple(np.shape(given[key])) != expected[key]]
+    misshaped = [
+        f"{key} {tuple(np.shape(given[key]))} (expected {expected[key]})"
+        for key in expected
+        if key in given and tuple(np.shape(given[key])) != expected[key]
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")

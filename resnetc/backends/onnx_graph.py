@@ -28,26 +28,53 @@ Emitter = Callable[[Node, list[str], str], list[onnx.NodeProto]]
 def _conv(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
     a = node.attrs
     weights = [f"{node.name}.weight"] + ([f"{node.name}.bias"] if a["bias"] else [])
-    return [helper.make_node(
-        "Conv", inputs + weights, [output], name=node.name,
-        kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2, pads=[a["padding"]] * 4,
-        dilations=[a["dilation"]] * 2, group=a["groups"],
-    )]
+    return [
+        helper.make_node(
+            "Conv",
+            inputs + weights,
+            [output],
+            name=node.name,
+            kernel_shape=[a["kernel"]] * 2,
+            strides=[a["stride"]] * 2,
+            pads=[a["padding"]] * 4,
+            dilations=[a["dilation"]] * 2,
+            group=a["groups"],
+        )
+    ]
 
 
 def _batchnorm(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
     stats = [f"{node.name}.{key}" for key in ("weight", "bias", "running_mean", "running_var")]
     # ONNX's momentum weighs the running value, PyTorch's the new batch: they are complements.
-    return [helper.make_node("BatchNormalization", inputs + stats, [output], name=node.name,
-                             epsilon=node.attrs["eps"], momentum=1.0 - node.attrs["momentum"])]
+    return [
+        helper.make_node(
+            "BatchNormalization",
+            inputs + stats,
+            [output],
+            name=node.name,
+            epsilon=node.attrs["eps"],
+            momentum=1.0 - node.attrs["momentum"],
+        )
+    ]
 
 
 def _pool(kind: str) -> Emitter:
     def emit(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
         a = node.attrs
         extra = {"count_include_pad": 1} if kind == "AveragePool" else {}  # PyTorch's default
-        return [helper.make_node(kind, inputs, [output], name=node.name, kernel_shape=[a["kernel"]] * 2,
-                                 strides=[a["stride"]] * 2, pads=[a["padding"]] * 4, **extra)]
+        return [
+            helper.make_node(
+                kind,
+                inputs,
+                [output],
+                name=node.name,
+                kernel_shape=[a["kernel"]] * 2,
+                strides=[a["stride"]] * 2,
+                pads=[a["padding"]] * 4,
+                **extra,
+            )
+        ]
+
     return emit
 
 
@@ -63,6 +90,7 @@ def _add(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
 def _simple(kind: str, **attributes: int) -> Emitter:
     def emit(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
         return [helper.make_node(kind, inputs, [output], name=node.name, **attributes)]
+
     return emit
 
 
@@ -99,8 +127,9 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
     if dtype != "float32":
         nodes.append(helper.make_node("Cast", [last], [OUTPUT], name="cast_output", to=TensorProto.FLOAT))
     channels, _, _ = model.input_shape
-    initializers = [numpy_helper.from_array(np.asarray(weights[key], dtype=numpy_type), name=key)
-                    for key in graph.tensors()]
+    initializers = [
+        numpy_helper.from_array(np.asarray(weights[key], dtype=numpy_type), name=key) for key in graph.tensors()
+    ]
     onnx_graph = helper.make_graph(
         nodes,
         model.class_name,
@@ -118,8 +147,15 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         # The newest IR version this opset needs, not the newest onnx knows (onnxruntime may refuse that).
         ir_version=helper.find_min_ir_version_for(opsets),
     )
-    helper.set_model_props(proto, {"resnetc.spec": model.file_name, "resnetc.spec_sha256": model.sha256,
-                                   "resnetc.dtype": dtype, "resnetc.input_shape": ",".join(map(str, model.input_shape))})
+    helper.set_model_props(
+        proto,
+        {
+            "resnetc.spec": model.file_name,
+            "resnetc.spec_sha256": model.sha256,
+            "resnetc.dtype": dtype,
+            "resnetc.input_shape": ",".join(map(str, model.input_shape)),
+        },
+    )
     return proto
 
 

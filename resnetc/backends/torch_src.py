@@ -73,9 +73,16 @@ def _default_padding(layer: LayerIR) -> Expr:
 def _conv(layer: LayerIR, channels: Expr) -> str:
     a = layer.attrs
     padding = a["padding"] if a["padding"] is not None else _default_padding(layer)
-    options = _keywords([("kernel_size", a["kernel"], None), ("stride", a["stride"], Const(1)),
-                         ("padding", padding, Const(0)), ("dilation", a["dilation"], Const(1)),
-                         ("groups", a["groups"], Const(1)), ("bias", a["bias"], True)])
+    options = _keywords(
+        [
+            ("kernel_size", a["kernel"], None),
+            ("stride", a["stride"], Const(1)),
+            ("padding", padding, Const(0)),
+            ("dilation", a["dilation"], Const(1)),
+            ("groups", a["groups"], Const(1)),
+            ("bias", a["bias"], True),
+        ]
+    )
     return f"nn.Conv2d({_expr(channels)}, {_expr(a['out'])}, {options})"
 
 
@@ -91,8 +98,13 @@ def _linear(layer: LayerIR, channels: Expr) -> str:
 
 def _pool_options(layer: LayerIR) -> str:
     stride = layer.attrs["stride"] if layer.attrs["stride"] is not None else layer.attrs["kernel"]
-    return _keywords([("kernel_size", layer.attrs["kernel"], None), ("stride", stride, layer.attrs["kernel"]),
-                      ("padding", layer.attrs["padding"], Const(0))])
+    return _keywords(
+        [
+            ("kernel_size", layer.attrs["kernel"], None),
+            ("stride", stride, layer.attrs["kernel"]),
+            ("padding", layer.attrs["padding"], Const(0)),
+        ]
+    )
 
 
 # Ops with weights are modules; the others are written as calls in `forward`, except inside
@@ -146,8 +158,10 @@ class _ClassWriter:
         self.model = model
 
     def block(self, scope: Scope) -> dict[str, object]:
-        params = ", ".join(f"{name}: int" if default is None else f"{name}: int = {_literal(default)}"
-                           for name, default in scope.params.items())
+        params = ", ".join(
+            f"{name}: int" if default is None else f"{name}: int = {_literal(default)}"
+            for name, default in scope.params.items()
+        )
         signature = "self, in_channels: int" + (f", *, {params}" if params else "")
         if scope.is_sequential:
             modules = [f"    {MODULES[layer.op](layer, scope.input_channels[layer.name])}," for layer in scope.layers]
@@ -164,17 +178,35 @@ class _ClassWriter:
         forward = self._forward(scope, self.model.body_shapes)
         return self._class(scope, "nn.Module", f"self, {params}", init, forward, _INIT_WEIGHTS)
 
-    def _class(self, scope: Scope, base: str, signature: str, init: list[str], forward: list[str],
-               extra: list[str] | None = None) -> dict[str, object]:
-        doc = textwrap.fill(" ".join(scope.doc.split()) or f"The {scope.name} block.", width=92,
-                            subsequent_indent="    ")
+    def _class(
+        self,
+        scope: Scope,
+        base: str,
+        signature: str,
+        init: list[str],
+        forward: list[str],
+        extra: list[str] | None = None,
+    ) -> dict[str, object]:
+        doc = textwrap.fill(
+            " ".join(scope.doc.split()) or f"The {scope.name} block.", width=92, subsequent_indent="    "
+        )
         if scope is self.model.body:
             c, h, w = self.model.input_shape
-            doc += f"\n\n    Built for inputs of shape (N, {c}, {h}, {w}); any size that survives the downsampling works.\n    "
+            doc += (
+                f"\n\n    Built for inputs of shape (N, {c}, {h}, {w});"
+                " any size that survives the downsampling works.\n    "
+            )
         elif "\n" in doc:
             doc += "\n    "
-        return {"name": scope.class_name, "base": base, "doc": doc.replace('"""', "'''").replace("\\", "\\\\"),
-                "signature": signature, "init": init, "forward": forward, "extra": extra or []}
+        return {
+            "name": scope.class_name,
+            "base": base,
+            "doc": doc.replace('"""', "'''").replace("\\", "\\\\"),
+            "signature": signature,
+            "init": init,
+            "forward": forward,
+            "extra": extra or [],
+        }
 
     def _members(self, scope: Scope) -> list[str]:
         lines = []

@@ -36,8 +36,10 @@ class Summary:
             "layers": self.layers,
             "input": list(self.input),
             "output": list(self.output),
-            "stages": [{"name": row.name, "op": row.op, "output": list(row.output), "params": row.params,
-                        "macs": row.macs} for row in self.rows],
+            "stages": [
+                {"name": row.name, "op": row.op, "output": list(row.output), "params": row.params, "macs": row.macs}
+                for row in self.rows
+            ],
         }
 
 
@@ -50,9 +52,15 @@ def summarize(model: Model) -> Summary:
     rows = []
     for layer in model.body.layers:
         members = [node for node in nodes if _belongs(node, layer.name)]
-        rows.append(Row(layer.name, layer.op if layer.op != "stage" else f"stage x{layer.attrs['repeat']}",
-                        model.body_shapes[layer.name], sum(node.param_count for node in members),
-                        sum(node.macs for node in members)))
+        rows.append(
+            Row(
+                layer.name,
+                layer.op if layer.op != "stage" else f"stage x{layer.attrs['repeat']}",
+                model.body_shapes[layer.name],
+                sum(node.param_count for node in members),
+                sum(node.macs for node in members),
+            )
+        )
     return Summary(
         name=model.class_name,
         params=sum(node.param_count for node in nodes),
@@ -66,10 +74,18 @@ def summarize(model: Model) -> Summary:
 
 def format_table(summary: Summary) -> str:
     header = ("layer", "op", "output", "params", "MACs")
-    lines = [header] + [(row.name, row.op, "x".join(map(str, row.output)), f"{row.params:,}", f"{row.macs:,}")
-                        for row in summary.rows]
-    lines.append(("total", f"{summary.layers} layers", "x".join(map(str, summary.output)), f"{summary.params:,}",
-                  f"{summary.macs:,}"))
+    lines = [header] + [
+        (row.name, row.op, "x".join(map(str, row.output)), f"{row.params:,}", f"{row.macs:,}") for row in summary.rows
+    ]
+    lines.append(
+        (
+            "total",
+            f"{summary.layers} layers",
+            "x".join(map(str, summary.output)),
+            f"{summary.params:,}",
+            f"{summary.macs:,}",
+        )
+    )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     aligned = []
     for index, line in enumerate(lines):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from math import prod
-from typing import Union
 
 from resnetc.errors import Location
 from resnetc.spec.expr import Expr
@@ -18,7 +17,7 @@ from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap
 
 Shape = tuple[int, ...]  # one sample's shape: (C, H, W) or (features,); the batch is implicit
-AttrValue = Union[Expr, bool, float, str, None]
+AttrValue = Expr | bool | float | str | None
 
 
 @dataclass(frozen=True)

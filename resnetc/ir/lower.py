@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnetc.errors import Diagnostic, SpecError
+from resnetc.errors import Diagnostic, SpecError, did_you_mean
 from resnetc.ir import shapes
 from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, Node, Origin, Scope
 from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
@@ -45,8 +45,8 @@ class _StaticChecks:
         self.problems: list[Diagnostic] = []
         self.blocks: dict[str, Scope] = {}
 
-    def fail(self, where: Any, message: str, code: str) -> None:
-        self.problems.append(Diagnostic(where, message, code))
+    def fail(self, where: Any, message: str, code: str, help: str | None = None) -> None:
+        self.problems.append(Diagnostic(where, message, code, help))
 
     def block(self, name: str, used_at: Origin, key: str) -> Scope | None:
         if name in self.blocks:
@@ -54,7 +54,12 @@ class _StaticChecks:
         located = self.loaded.blocks.get(name)
         if located is None:
             known = ", ".join(sorted(self.loaded.blocks))
-            self.fail(used_at.at(key), f"unknown block '{name}'; known blocks: {known}", "E301")
+            self.fail(
+                used_at.at(key),
+                f"unknown block '{name}'; known blocks: {known}",
+                "E301",
+                did_you_mean(name, list(self.loaded.blocks)),
+            )
             return None
         scope = self._block_scope(name, located)
         self.blocks[name] = scope
@@ -65,7 +70,9 @@ class _StaticChecks:
         origin = Origin(located.source, located.path)
         class_name = block.class_name or default_class_name(name)
         if (problem := class_name_problem(class_name)) is not None:
-            self.fail(origin.at("class_name") if block.class_name else located.source.key(located.path), problem, "E302")
+            self.fail(
+                origin.at("class_name") if block.class_name else located.source.key(located.path), problem, "E302"
+            )
         for param in block.params:
             if (problem := identifier_problem(param, RESERVED_PARAM_NAMES)) is not None:
                 self.fail(located.source.key((*located.path, "params", param)), f"parameter {problem}", "E302")
@@ -74,12 +81,25 @@ class _StaticChecks:
         for let, value in block.let.items():
             key_origin = Origin(located.source, (*located.path, "let"))
             if (problem := identifier_problem(let, RESERVED_PARAM_NAMES)) is not None or let in allowed:
-                self.fail(located.source.key((*located.path, "let", let)), problem or f"'{let}' is already a parameter", "E302")
+                self.fail(
+                    located.source.key((*located.path, "let", let)),
+                    problem or f"'{let}' is already a parameter",
+                    "E302",
+                )
             lets[let] = self._expression(value, allowed, key_origin, let) or Const(0)
             allowed.add(let)
         layers = self._layers(block.layers, located.source, (*located.path, "layers"), allowed, top_level=False)
-        return Scope(name, class_name, block.doc, dict(block.params), lets, layers, self._channels(layers),
-                     layers[-1].name, origin)
+        return Scope(
+            name,
+            class_name,
+            block.doc,
+            dict(block.params),
+            lets,
+            layers,
+            self._channels(layers),
+            layers[-1].name,
+            origin,
+        )
 
     def body(self) -> Scope:
         spec = self.loaded.spec
@@ -88,18 +108,36 @@ class _StaticChecks:
             self.fail(source.value(("name",)), problem, "E302")
         params: dict[str, int | None] = {"num_classes": spec.num_classes, "in_channels": spec.input[0]}
         layers = self._layers(spec.layers, source, ("layers",), set(MODEL_PARAMS), top_level=True)
-        projection_users = [layer for layer in layers if layer.op == "stage" and layer.block in self.blocks
-                            and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)]
+        projection_users = [
+            layer
+            for layer in layers
+            if layer.op == "stage"
+            and layer.block in self.blocks
+            and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)
+        ]
         if projection_users:
             projection = self.block(spec.projection, Origin(source, ()), "projection")
             if projection is not None and not {"out", "stride"} <= set(projection.params):
-                self.fail(source.value(("projection",)),
-                          f"the projection block '{spec.projection}' must take parameters 'out' and 'stride'", "E303")
-        return Scope("model", spec.name, spec.doc, params, {}, layers, self._channels(layers), layers[-1].name,
-                     Origin(source, ()))
+                self.fail(
+                    source.value(("projection",)),
+                    f"the projection block '{spec.projection}' must take parameters 'out' and 'stride'",
+                    "E303",
+                )
+        return Scope(
+            "model",
+            spec.name,
+            spec.doc,
+            params,
+            {},
+            layers,
+            self._channels(layers),
+            layers[-1].name,
+            Origin(source, ()),
+        )
 
-    def _layers(self, layers: dict[str, Layer], source: SourceMap, path: DocPath, allowed: set[str],
-                top_level: bool) -> tuple[LayerIR, ...]:
+    def _layers(
+        self, layers: dict[str, Layer], source: SourceMap, path: DocPath, allowed: set[str], top_level: bool
+    ) -> tuple[LayerIR, ...]:
         result: list[LayerIR] = []
         sequential = all(name == str(i) for i, name in enumerate(layers))
         for index, (name, layer) in enumerate(layers.items()):
@@ -107,7 +145,9 @@ class _StaticChecks:
             if not sequential and (problem := identifier_problem(name)) is not None:
                 self.fail(source.key((*path, name)), f"layer {problem}", "E302")
             if sequential and getattr(layer, "from_", None) not in (None, str(index - 1) if index else "input"):
-                self.fail(origin.at("from"), "layers named 0, 1, 2, ... form a chain and cannot read other layers", "E304")
+                self.fail(
+                    origin.at("from"), "layers named 0, 1, 2, ... form a chain and cannot read other layers", "E304"
+                )
             inputs = self._inputs(layer, result, origin)
             attrs: dict[str, AttrValue] = {}
             for key, value in layer:
@@ -123,9 +163,13 @@ class _StaticChecks:
                 block_name = layer.block
                 attrs["repeat"] = layer.repeat
                 if not 1 <= layer.repeat <= MAX_REPEAT:
-                    self.fail(origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306")
-                args = {key: self._expression(value, allowed, Origin(source, (*path, name, "args")), key)
-                        for key, value in layer.args.items()}
+                    self.fail(
+                        origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306"
+                    )
+                args = {
+                    key: self._expression(value, allowed, Origin(source, (*path, name, "args")), key)
+                    for key, value in layer.args.items()
+                }
                 self._check_stage(layer.block, args, layer.stride, origin)
             result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args))
         return tuple(result)
@@ -138,9 +182,18 @@ class _StaticChecks:
         known = {"input"} | {item.name for item in earlier}
         for position, name in enumerate(references):
             if name not in known:
-                where = origin.source.value((*origin.path, "from", position)) if isinstance(reference, list) else origin.at("from")
+                where = (
+                    origin.source.value((*origin.path, "from", position))
+                    if isinstance(reference, list)
+                    else origin.at("from")
+                )
                 choices = ", ".join(["input"] + [item.name for item in earlier]) or "input"
-                self.fail(where, f"'{name}' is not an earlier layer; 'from' can name: {choices}", "E307")
+                self.fail(
+                    where,
+                    f"'{name}' is not an earlier layer; 'from' can name: {choices}",
+                    "E307",
+                    did_you_mean(name, known),
+                )
         return tuple(references)
 
     def _expression(self, value: Any, allowed: set[str], origin: Origin, key: str) -> Expr | None:
@@ -149,8 +202,12 @@ class _StaticChecks:
         node = Const(value) if isinstance(value, int) else expressions.parse(value)
         for name in expressions.names(node):
             if name not in allowed:
-                self.fail(origin.at(key), f"unknown parameter '{name}' in expression; known here: "
-                          + ", ".join(sorted(allowed)), "E308")
+                self.fail(
+                    origin.at(key),
+                    f"unknown parameter '{name}' in expression; known here: " + ", ".join(sorted(allowed)),
+                    "E308",
+                    did_you_mean(name, allowed),
+                )
         return node
 
     def _check_stage(self, block_name: str, args: dict[str, Expr], stride: Any, origin: Origin) -> None:
@@ -159,17 +216,27 @@ class _StaticChecks:
             return
         for name in args:
             if name not in block.params:
-                self.fail(origin.source.key((*origin.path, "args", name)),
-                          f"block '{block_name}' has no parameter '{name}'; its parameters: "
-                          + ", ".join(block.params), "E309")
-        missing = [name for name, default in block.params.items()
-                   if default is None and name not in args and name != "stride"]
+                self.fail(
+                    origin.source.key((*origin.path, "args", name)),
+                    f"block '{block_name}' has no parameter '{name}'; its parameters: " + ", ".join(block.params),
+                    "E309",
+                    did_you_mean(name, list(block.params)),
+                )
+        missing = [
+            name for name, default in block.params.items() if default is None and name not in args and name != "stride"
+        ]
         if missing:
-            self.fail(origin.at("args") if args else origin.at(), f"block '{block_name}' needs "
-                      + ", ".join(f"'{name}'" for name in missing) + " in args", "E309")
+            self.fail(
+                origin.at("args") if args else origin.at(),
+                f"block '{block_name}' needs " + ", ".join(f"'{name}'" for name in missing) + " in args",
+                "E309",
+            )
         if "stride" in args:
-            self.fail(origin.source.key((*origin.path, "args", "stride")),
-                      "give a stage's stride as the stage's own 'stride' (it applies to the first block)", "E309")
+            self.fail(
+                origin.source.key((*origin.path, "args", "stride")),
+                "give a stage's stride as the stage's own 'stride' (it applies to the first block)",
+                "E309",
+            )
         if stride != 1 and "stride" not in block.params:
             self.fail(origin.at("stride"), f"block '{block_name}' has no 'stride' parameter to downsample with", "E309")
 
@@ -241,7 +308,9 @@ class _Instantiator:
     def scope(self, scope: Scope, env: dict[str, int], prefix: str, source: str, shortcut: bool = False) -> str:
         return self.values(scope, env, prefix, source, shortcut)[scope.output]
 
-    def values(self, scope: Scope, env: dict[str, int], prefix: str, source: str, shortcut: bool = False) -> dict[str, str]:
+    def values(
+        self, scope: Scope, env: dict[str, int], prefix: str, source: str, shortcut: bool = False
+    ) -> dict[str, str]:
         """Instantiate a scope; returns the graph value that each of its layers produced."""
         env = dict(env)
         for name, value in scope.lets.items():
@@ -269,12 +338,28 @@ class _Instantiator:
             code = "E402" if "mismatch" in str(error) else "E403" if "reaches zero" in str(error) else "E401"
             raise self.fail(layer, error.key, str(error), prefix, code) from None
         name = prefix + layer.name
-        node = Node(name, layer.op, tuple(inputs), inferred.attrs, inferred.shape, inferred.params,
-                    inferred.buffers, inferred.macs, shortcut, layer.origin.at())
+        node = Node(
+            name,
+            layer.op,
+            tuple(inputs),
+            inferred.attrs,
+            inferred.shape,
+            inferred.params,
+            inferred.buffers,
+            inferred.macs,
+            shortcut,
+            layer.origin.at(),
+        )
         self.parameters += node.param_count
         if self.parameters > MAX_PARAMETERS:
-            raise self.fail(layer, None, f"the model would have more than {MAX_PARAMETERS:,} parameters "
-                            f"({self.parameters * 4 / 2**30:.1f} GiB of fp32 weights)", prefix, "E404")
+            raise self.fail(
+                layer,
+                None,
+                f"the model would have more than {MAX_PARAMETERS:,} parameters "
+                f"({self.parameters * 4 / 2**30:.1f} GiB of fp32 weights)",
+                prefix,
+                "E404",
+            )
         self.nodes.append(node)
         self.shapes[name] = inferred.shape
         return name
@@ -287,7 +372,9 @@ class _Instantiator:
             try:
                 arguments[key] = expressions.evaluate(value, env)
             except expressions.ExprError as error:
-                raise SpecError.at(layer.origin.source.value((*layer.origin.path, "args", key)), str(error), "E310") from None
+                raise SpecError.at(
+                    layer.origin.source.value((*layer.origin.path, "args", key)), str(error), "E310"
+                ) from None
         defaults = {name: value for name, value in block.params.items() if value is not None}
         instances, value = [], source
         for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
@@ -323,14 +410,19 @@ def lower(loaded: LoadedSpec) -> Model:
     if checks.problems:
         raise SpecError(checks.problems)
     instantiator = _Instantiator(loaded, checks.blocks)
-    values = instantiator.values(body, {"num_classes": loaded.spec.num_classes, "in_channels": loaded.spec.input[0]},
-                                 "", "input")
+    values = instantiator.values(
+        body, {"num_classes": loaded.spec.num_classes, "in_channels": loaded.spec.input[0]}, "", "input"
+    )
     output = values[body.output]
     final_shape = instantiator.shapes[output]
     if final_shape != (loaded.spec.num_classes,):
         last = body.layers[-1]
-        raise SpecError.at(last.origin.at(), f"the model must end in shape (num_classes,) = ({loaded.spec.num_classes},), "
-                           f"but its last layer '{last.name}' gives {final_shape}", "E405")
+        raise SpecError.at(
+            last.origin.at(),
+            f"the model must end in shape (num_classes,) = ({loaded.spec.num_classes},), "
+            f"but its last layer '{last.name}' gives {final_shape}",
+            "E405",
+        )
     graph = Graph(instantiator.input_shape, instantiator.nodes, output)
     return Model(
         class_name=loaded.spec.name,

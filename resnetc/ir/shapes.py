@@ -7,9 +7,9 @@ the parameter and buffer shapes and the multiply-accumulates. A bad combination 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
-from typing import Callable
 
 from resnetc.ir.graph import Shape
 
@@ -74,8 +74,16 @@ def conv(attrs: Attrs, shapes: list[Shape]) -> Inferred:
         params["bias"] = (out,)
     return Inferred(
         shape=(out, out_h, out_w),
-        attrs={"in_channels": channels, "out": out, "kernel": kernel, "stride": stride, "padding": padding,
-               "groups": groups, "dilation": dilation, "bias": bool(attrs["bias"])},
+        attrs={
+            "in_channels": channels,
+            "out": out,
+            "kernel": kernel,
+            "stride": stride,
+            "padding": padding,
+            "groups": groups,
+            "dilation": dilation,
+            "bias": bool(attrs["bias"]),
+        },
         params=params,
         macs=out * out_h * out_w * (channels // groups) * kernel * kernel,
     )
@@ -139,8 +147,12 @@ def linear(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     params: dict[str, Shape] = {"weight": (out, features)}
     if attrs["bias"]:
         params["bias"] = (out,)
-    return Inferred(shape=(out,), attrs={"in_features": features, "out": out, "bias": bool(attrs["bias"])},
-                    params=params, macs=features * out)
+    return Inferred(
+        shape=(out,),
+        attrs={"in_features": features, "out": out, "bias": bool(attrs["bias"])},
+        params=params,
+        macs=features * out,
+    )
 
 
 def add(attrs: Attrs, shapes: list[Shape]) -> Inferred:

@@ -60,9 +60,11 @@ def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int
         raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32")
     if array.ndim != len(shape):
         raise UsageError(f"{input_file}: shape {list(array.shape)}; the model takes {len(shape)} dimensions {shape}")
-    for axis, (size, want) in enumerate(zip(array.shape, shape)):
+    for axis, (size, want) in enumerate(zip(array.shape, shape, strict=True)):
         if isinstance(want, int) and size != want:
-            raise UsageError(f"{input_file}: shape {list(array.shape)}; axis {axis} must be {want} (model input {shape})")
+            raise UsageError(
+                f"{input_file}: shape {list(array.shape)}; axis {axis} must be {want} (model input {shape})"
+            )
     return array
 
 

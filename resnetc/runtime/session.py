@@ -33,7 +33,9 @@ def cuda_driver_present() -> bool:
     return True
 
 
-def _cuda_session(model: bytes | str, options: ort.SessionOptions, cuda_options: dict[str, Any]) -> ort.InferenceSession | None:
+def _cuda_session(
+    model: bytes | str, options: ort.SessionOptions, cuda_options: dict[str, Any]
+) -> ort.InferenceSession | None:
     if not cuda_driver_present() or CUDA not in ort.get_available_providers():
         return None
     if hasattr(ort, "preload_dlls"):
@@ -45,8 +47,14 @@ def _cuda_session(model: bytes | str, options: ort.SessionOptions, cuda_options:
     return session if CUDA in session.get_providers() else None
 
 
-def create_session(model: bytes | str, provider: str = "auto", *, use_tf32: bool = True,
-                   conv_algo_search: str = "EXHAUSTIVE", threads: int = 0) -> ort.InferenceSession:
+def create_session(
+    model: bytes | str,
+    provider: str = "auto",
+    *,
+    use_tf32: bool = True,
+    conv_algo_search: str = "EXHAUSTIVE",
+    threads: int = 0,
+) -> ort.InferenceSession:
     """An InferenceSession on `provider` (auto | cpu | cuda); RuntimeUnavailable when cuda cannot load."""
     if provider not in PROVIDERS:
         raise UsageError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
@@ -60,8 +68,12 @@ def create_session(model: bytes | str, provider: str = "auto", *, use_tf32: bool
         if session is not None:
             return session
         if provider == "cuda":
-            reason = ("no CUDA driver (libcuda.so.1) on this machine" if not cuda_driver_present()
-                      else "onnxruntime could not load its CUDA provider (is onnxruntime-gpu with CUDA 13 and cuDNN 9 installed?)")
+            reason = (
+                "no CUDA driver (libcuda.so.1) on this machine"
+                if not cuda_driver_present()
+                else "onnxruntime could not load its CUDA provider "
+                "(is onnxruntime-gpu installed, with CUDA 13 and cuDNN 9?)"
+            )
             raise RuntimeUnavailable(f"--provider cuda: {reason}")
     return ort.InferenceSession(model, options, providers=[CPU])
 

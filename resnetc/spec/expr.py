@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 _TOKEN = re.compile(r"\s*(?:(?P<int>[0-9]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>//|[-+*()]))")
 MAX_EXPRESSION_LENGTH = 200
@@ -44,7 +43,7 @@ class BinOp:
     right: Expr
 
 
-Expr = Union[Const, Name, Neg, BinOp]
+Expr = Const | Name | Neg | BinOp
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2}
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from resnetc.errors import Diagnostic, Location, SpecError
-from resnetc.spec.models import BlockDef, Library, Spec
+from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
+from resnetc.spec.models import OPS, BlockDef, Library, Spec
 from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap, read_yaml
 
@@ -55,13 +55,19 @@ def _message(error: dict[str, Any]) -> str:
         return "a layer needs an 'op' key"
     if error["type"] == "literal_error":
         return f"{message}, got {error['input']!r}"
-    if error["type"].endswith("_type") and not isinstance(error["input"], (dict, list)):
+    if (
+        error["type"].endswith("_type")
+        and error["type"] != "int_or_expression_type"
+        and not isinstance(error["input"], (dict, list))
+    ):
         return f"{message}, got {error['input']!r} ({_type_name(error['input'])})"
     return message
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _document_path(data: Any, loc: tuple[Any, ...]) -> DocPath:
@@ -80,18 +86,57 @@ def _document_path(data: Any, loc: tuple[Any, ...]) -> DocPath:
     return tuple(path)
 
 
-def _diagnostics(error: ValidationError, data: Any, source: SourceMap) -> list[Diagnostic]:
+def _help(item: dict[str, Any], model: type[BaseModel], data: Any, path: DocPath) -> str | None:
+    """A likely fix: the closest known op, or the closest allowed key."""
+    if item["type"] == "union_tag_invalid":
+        return did_you_mean(str(item.get("ctx", {}).get("tag")), OPS)
+    if item["type"] == "extra_forbidden":
+        parent = data
+        for segment in path[:-1]:
+            parent = parent[segment]
+        allowed = _allowed_keys(model, parent, len(path) - 1, path)
+        return did_you_mean(str(path[-1]), allowed) if allowed else None
+    return None
+
+
+def _allowed_keys(model: type[BaseModel], parent: Any, depth: int, path: DocPath) -> list[str]:
+    """The keys a mapping may have: from the layer model its `op` selects, or the top-level model."""
+    from resnetc.spec import models
+
+    if isinstance(parent, dict) and isinstance(parent.get("op"), str):
+        for candidate in models.Layer.__origin__.__args__:  # type: ignore[attr-defined]
+            if parent["op"] in candidate.model_fields["op"].annotation.__args__:
+                return [field.alias or name for name, field in candidate.model_fields.items()]
+    if depth == 0:
+        return [field.alias or name for name, field in model.model_fields.items()]
+    if len(path) == 3 and path[0] == "blocks":
+        return list(models.BlockDef.model_fields)
+    return []
+
+
+_CODES_BY_TYPE = {
+    "extra_forbidden": "E201",
+    "missing": "E202",
+    "union_tag_invalid": "E203",
+    "union_tag_not_found": "E202",
+    "quoted_number": "E200",
+}
+
+
+def _diagnostics(error: ValidationError, data: Any, source: SourceMap, model: type[BaseModel]) -> list[Diagnostic]:
     diagnostics = []
     for item in error.errors(include_url=False):
         path = _document_path(data, tuple(item["loc"]))
+        if item["type"] == "union_tag_invalid" and isinstance(data, dict):
+            path = (*path, "op")  # blame the op's value, not the whole layer
         if item["type"] == "extra_forbidden":
             where = source.key(path)
         elif item["type"] == "missing":
             where = source.value(path[:-1])
         else:
             where = source.value(path)
-        code = "E201" if item["type"] == "extra_forbidden" else "E202" if item["type"] == "missing" else "E200"
-        diagnostics.append(Diagnostic(where, _message(item), code))
+        code = _CODES_BY_TYPE.get(item["type"], "E200" if item["type"].endswith("_type") else "E204")
+        diagnostics.append(Diagnostic(where, _message(item), code, _help(item, model, data, path)))
     return diagnostics
 
 
@@ -101,7 +146,7 @@ def _validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise SpecError(_diagnostics(error, data, source)) from None
+        raise SpecError(_diagnostics(error, data, source, model)) from None
 
 
 @lru_cache(maxsize=1)

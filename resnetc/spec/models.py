@@ -8,9 +8,10 @@ small graphs of those layers whose integers may be expressions over the block's 
 from __future__ import annotations
 
 import keyword
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 from resnetc.spec import expr as expressions
 
@@ -24,12 +25,35 @@ def _check_expression(value: int | str) -> int | str:
         except expressions.ExprError as error:
             raise ValueError(f"bad expression {value!r}: {error}") from None
         if isinstance(parsed, expressions.Const):
-            raise ValueError(f"a number must not be quoted: write {parsed.value} instead of {value!r}")
+            raise PydanticCustomError(
+                "quoted_number",
+                "a number must not be quoted: write {number} instead of {text}",
+                {"number": parsed.value, "text": repr(value)},
+            )
     return value
 
 
+def _int_or_expression(value: object) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        kind = {bool: "boolean", float: "number", type(None): "null", list: "list", dict: "mapping"}.get(
+            type(value), "value"
+        )
+        raise PydanticCustomError(
+            "int_or_expression_type",
+            "expected an integer or an expression such as 'width * 4', got {value} ({kind})",
+            {"value": repr(value), "kind": kind},
+        )
+    return _check_expression(value)
+
+
 # An integer, or an expression over parameter names such as "width * 4".
-IntExpr = Annotated[Union[int, str], AfterValidator(_check_expression)]
+IntExpr = Annotated[
+    int | str,
+    PlainValidator(_int_or_expression),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "string", "description": "an expression such as 'width * 4'"}]}
+    ),
+]
 
 
 def _check_reference(value: str) -> str:
@@ -131,11 +155,23 @@ class Stage(StrictModel):
 
 
 Layer = Annotated[
-    Union[Conv, BatchNorm, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, Linear, Add, Shortcut, Stage],
+    Conv | BatchNorm | ReLU | MaxPool | AvgPool | GlobalAvgPool | Flatten | Linear | Add | Shortcut | Stage,
     Field(discriminator="op"),
 ]
 
-OPS = ("conv", "batchnorm", "relu", "maxpool", "avgpool", "global_avg_pool", "flatten", "linear", "add", "shortcut", "stage")
+OPS = (
+    "conv",
+    "batchnorm",
+    "relu",
+    "maxpool",
+    "avgpool",
+    "global_avg_pool",
+    "flatten",
+    "linear",
+    "add",
+    "shortcut",
+    "stage",
+)
 
 
 class BlockDef(StrictModel):

@@ -141,9 +141,13 @@ def _refuse_aliases(text: str, path: str) -> None:
     problems = []
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
-            problems.append(Diagnostic(_location(path, event.start_mark), "YAML aliases (*name) are not allowed", "E101"))
+            problems.append(
+                Diagnostic(_location(path, event.start_mark), "YAML aliases (*name) are not allowed", "E101")
+            )
         elif getattr(event, "anchor", None):
-            problems.append(Diagnostic(_location(path, event.start_mark), "YAML anchors (&name) are not allowed", "E101"))
+            problems.append(
+                Diagnostic(_location(path, event.start_mark), "YAML anchors (&name) are not allowed", "E101")
+            )
     if problems:
         raise SpecError(problems)
 
