@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `resnetc info ... | head`: the reader left, which is not an error
+        sys.stdout = None  # type: ignore[assignment] - nothing more can be written to it
+        return EXIT_OK
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one

@@ -16,6 +16,12 @@ class Row:
     output: Shape
     params: int
     macs: int
+    block: str | None = None  # stages only
+    repeat: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"{self.block} x{self.repeat}" if self.block else self.op
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Summary:
             "output": list(self.output),
             "stages": [
                 {"name": row.name, "op": row.op, "output": list(row.output), "params": row.params, "macs": row.macs}
+                | ({"block": row.block, "repeat": row.repeat} if row.block else {})
                 for row in self.rows
             ],
         }
@@ -55,10 +62,12 @@ def summarize(model: Model) -> Summary:
         rows.append(
             Row(
                 layer.name,
-                layer.op if layer.op != "stage" else f"stage x{layer.attrs['repeat']}",
+                layer.op,
                 model.body_shapes[layer.name],
                 sum(node.param_count for node in members),
                 sum(node.macs for node in members),
+                layer.block,
+                int(layer.attrs["repeat"]) if layer.op == "stage" else None,  # type: ignore[arg-type]
             )
         )
     return Summary(
@@ -75,7 +84,7 @@ def summarize(model: Model) -> Summary:
 def format_table(summary: Summary) -> str:
     header = ("layer", "op", "output", "params", "MACs")
     lines = [header] + [
-        (row.name, row.op, "x".join(map(str, row.output)), f"{row.params:,}", f"{row.macs:,}") for row in summary.rows
+        (row.name, row.kind, "x".join(map(str, row.output)), f"{row.params:,}", f"{row.macs:,}") for row in summary.rows
     ]
     lines.append(
         (

@@ -1,0 +1,56 @@
+"""Shared helpers: the shipped specs, importing generated modules, realistic BatchNorm statistics."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+SPEC_IDS = [path.stem for path in SPECS]
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def generated_class(stem: str) -> type:
+    """The model class of the committed generated module `generated/<stem>.py`."""
+    module = importlib.import_module(f"generated.{stem}")
+    return getattr(module, module.__all__[0])
+
+
+def randomize_batchnorm(model, seed: int = 0) -> None:  # noqa: ANN001 - a torch.nn.Module
+    """Non-trivial running statistics and affine parameters, so BatchNorm is really exercised."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
+                module.bias.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+
+
+def state_arrays(model) -> dict[str, np.ndarray]:  # noqa: ANN001
+    return {key: value.detach().cpu().numpy() for key, value in model.state_dict().items()}
+
+
+def assert_agree(onnx_out: np.ndarray, torch_out: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    """DESIGN.md's agreement: allclose with a scale-aware atol, and equal top-1 where the margin is clear."""
+    scale = max(1.0, float(np.abs(torch_out).max()))
+    np.testing.assert_allclose(onnx_out, torch_out, rtol=rtol, atol=atol * scale)
+    top2 = np.sort(torch_out, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > atol * scale
+    assert np.array_equal(onnx_out.argmax(1)[clear], torch_out.argmax(1)[clear])
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT

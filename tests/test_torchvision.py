@@ -1,0 +1,69 @@
+"""Our ImageNet specs are torchvision's models: same keys and shapes, strict loading, equal outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import resnetc
+from tests.conftest import assert_agree, generated_class, randomize_batchnorm, state_arrays
+
+torchvision = pytest.importorskip("torchvision")
+
+STEMS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+
+
+def _reference(stem: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, stem)(weights=None)
+    randomize_batchnorm(model, seed=4)
+    return model
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_same_state_dict_keys_and_shapes(stem: str) -> None:
+    ours = generated_class(stem)().state_dict()
+    theirs = _reference(stem).state_dict()
+    assert list(ours) == list(theirs)
+    assert {key: tuple(value.shape) for key, value in ours.items()} == {
+        key: tuple(value.shape) for key, value in theirs.items()}
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_torchvision_weights_load_strictly_and_give_equal_outputs(stem: str) -> None:
+    reference = _reference(stem)
+    ours = generated_class(stem)()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(batch), reference(batch), rtol=0, atol=0)
+    # Train mode too: batch statistics and running-stat updates behave identically.
+    reference.train()
+    ours.train()
+    torch.testing.assert_close(ours(batch), reference(batch), rtol=0, atol=0)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stem", ["resnet18", "resnet50"])
+def test_onnx_from_torchvision_weights_agrees_with_torchvision(stem: str) -> None:
+    reference = _reference(stem).eval()
+    proto = resnetc.to_onnx(f"specs/{stem}.yaml", weights=state_arrays(reference))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = reference(batch).numpy()
+    assert_agree(session.run(None, {"input": batch.numpy()})[0], expected)
+
+
+def test_num_classes_and_in_channels_overrides_match_torchvision() -> None:
+    ours = generated_class("resnet18")(num_classes=10, in_channels=1)
+    assert ours.conv1.weight.shape == (64, 1, 7, 7) and ours.fc.weight.shape == (10, 512)
+    reference = torchvision.models.resnet18(weights=None, num_classes=10)
+    assert {k: v.shape for k, v in ours.state_dict().items() if k != "conv1.weight"} == {
+        k: v.shape for k, v in reference.state_dict().items() if k != "conv1.weight"}
+    assert np.isfinite(ours(torch.randn(2, 1, 40, 40)).detach().numpy()).all()
