@@ -23,7 +23,7 @@ def generated_class(stem: str) -> type:
     return getattr(module, module.__all__[0])
 
 
-def randomize_batchnorm(model, seed: int = 0) -> None:  # noqa: ANN001 - a torch.nn.Module
+def randomize_batchnorm(model, seed: int = 0) -> None:
     """Non-trivial running statistics and affine parameters, so BatchNorm is really exercised."""
     import torch
 
@@ -38,7 +38,7 @@ def randomize_batchnorm(model, seed: int = 0) -> None:  # noqa: ANN001 - a torch
                 module.bias.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
 
 
-def state_arrays(model) -> dict[str, np.ndarray]:  # noqa: ANN001
+def state_arrays(model) -> dict[str, np.ndarray]:
     return {key: value.detach().cpu().numpy() for key, value in model.state_dict().items()}
 
 

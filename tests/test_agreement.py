@@ -15,7 +15,7 @@ from tests.conftest import SPEC_IDS, SPECS, assert_agree, generated_class, rando
 SIZES = {"resnet101": 64, "resnet152": 64}
 
 
-def _session(proto) -> ort.InferenceSession:  # noqa: ANN001
+def _session(proto) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 

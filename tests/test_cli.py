@@ -39,8 +39,13 @@ def test_compile_defaults_to_torch_target(tmp_path) -> None:
 
 
 def test_console_script_runs_from_another_folder(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "resnetc", "check", RESNET18], capture_output=True, text=True,
-                            cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "resnetc", "check", RESNET18],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     assert "ResNet18, 18 layers, 11,689,512 params" in result.stdout
 
@@ -97,7 +102,8 @@ def test_channel_mismatch_is_located(tmp_path, capsys) -> None:
         "      conv: {op: conv, out: width, kernel: 3}\n"
         "      add: {op: add, from: [conv, input]}\n"
         "layers:\n  stage: {op: stage, block: bad, repeat: 1, args: {width: 4}}\n"
-        "  gap: {op: global_avg_pool}\n  flat: {op: flatten}\n  fc: {op: linear, out: num_classes}\n")
+        "  gap: {op: global_avg_pool}\n  flat: {op: flatten}\n  fc: {op: linear, out: num_classes}\n"
+    )
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:10:28: error[E402]: shape mismatch at add")
@@ -137,8 +143,21 @@ def test_weights_that_are_not_a_state_dict(tmp_path, capsys) -> None:
     (tmp_path / "garbage.pt").write_bytes(b"not a zip file at all")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 16)
     for name in ("list.pt", "garbage.pt", "garbage.safetensors", "absent.pt"):
-        assert main(["compile", RESNET18, "--target", "onnx", "--weights", str(tmp_path / name),
-                     "--out", str(tmp_path / "out")]) == 2
+        assert (
+            main(
+                [
+                    "compile",
+                    RESNET18,
+                    "--target",
+                    "onnx",
+                    "--weights",
+                    str(tmp_path / name),
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 2
+        )
     err = capsys.readouterr().err
     assert err.count("error: ") == 4 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -163,7 +182,9 @@ def test_run_with_input_file_and_bad_inputs(resnet18_onnx, tmp_path, capsys) -> 
     np.save(tmp_path / "channels.npy", np.zeros((1, 4, 64, 64), np.float32))
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage" * 10)
-    cases = [["run", resnet18_onnx, "--input", str(tmp_path / name)] for name in ("f64.npy", "rank3.npy", "channels.npy")]
+    cases = [
+        ["run", resnet18_onnx, "--input", str(tmp_path / name)] for name in ("f64.npy", "rank3.npy", "channels.npy")
+    ]
     cases += [["run", str(tmp_path / name)] for name in ("empty.onnx", "junk.onnx", "absent.onnx")]
     for argv in cases:
         assert main(argv) == 2, argv

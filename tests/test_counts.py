@@ -37,9 +37,16 @@ def test_projections_are_where_torchvision_puts_them() -> None:
     basic = resnetc.lower(ROOT / "specs" / "resnet34.yaml").graph.tensors()
     bottleneck = resnetc.lower(ROOT / "specs" / "resnet50.yaml").graph.tensors()
     assert sorted({key.split(".downsample")[0] for key in basic if ".downsample." in key}) == [
-        "layer2.0", "layer3.0", "layer4.0"]
+        "layer2.0",
+        "layer3.0",
+        "layer4.0",
+    ]
     assert sorted({key.split(".downsample")[0] for key in bottleneck if ".downsample." in key}) == [
-        "layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+        "layer1.0",
+        "layer2.0",
+        "layer3.0",
+        "layer4.0",
+    ]
     assert bottleneck["layer1.0.downsample.0.weight"] == (256, 64, 1, 1)
 
 

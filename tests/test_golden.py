@@ -43,8 +43,9 @@ def test_compile_check_names_stale_and_missing_files(tmp_path, capsys) -> None:
     stale.write_text(stale.read_text() + "# edited by hand\n")
     (out / "resnet34.py").unlink()
     before = stale.read_bytes()
-    code = main(["compile", str(ROOT / "specs/resnet18.yaml"), str(ROOT / "specs/resnet34.yaml"), "--out", str(out),
-                 "--check"])
+    code = main(
+        ["compile", str(ROOT / "specs/resnet18.yaml"), str(ROOT / "specs/resnet34.yaml"), "--out", str(out), "--check"]
+    )
     printed = capsys.readouterr().out
     assert code == 1
     assert "resnet18.py" in printed and "resnet34.py" in printed
@@ -57,11 +58,19 @@ def test_output_is_identical_across_hash_seeds_folders_and_spec_locations(tmp_pa
     elsewhere.mkdir(parents=True)
     shutil.copy(ROOT / "specs" / "resnet18.yaml", elsewhere / "resnet18.yaml")
     outputs = []
-    for seed, spec, cwd in (("0", ROOT / "specs/resnet18.yaml", ROOT), ("12345", elsewhere / "resnet18.yaml", tmp_path)):
+    for seed, spec, cwd in (
+        ("0", ROOT / "specs/resnet18.yaml", ROOT),
+        ("12345", elsewhere / "resnet18.yaml", tmp_path),
+    ):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, "-m", "resnetc", "compile", str(spec), "--target", "all", "--out", str(out)],
-                       check=True, cwd=cwd, env=env, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "resnetc", "compile", str(spec), "--target", "all", "--out", str(out)],
+            check=True,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+        )
         outputs.append(((out / "resnet18.py").read_bytes(), (out / "resnet18.onnx").read_bytes()))
     assert outputs[0] == outputs[1]
     assert outputs[0][0] == (ROOT / "generated" / "resnet18.py").read_bytes()

@@ -103,7 +103,7 @@ def test_tiny_spec_with_every_op_agrees_with_its_generated_module(tmp_path) -> N
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SPEC)
     namespace: dict[str, object] = {}
-    exec(compile(resnetc.to_source(spec), "tiny.py", "exec"), namespace)  # noqa: S102 - our own generated code
+    exec(compile(resnetc.to_source(spec), "tiny.py", "exec"), namespace)
     model = namespace["Tiny"]()
     randomize_batchnorm(model, seed=7)
     model.eval()

@@ -28,7 +28,8 @@ def test_same_state_dict_keys_and_shapes(stem: str) -> None:
     theirs = _reference(stem).state_dict()
     assert list(ours) == list(theirs)
     assert {key: tuple(value.shape) for key, value in ours.items()} == {
-        key: tuple(value.shape) for key, value in theirs.items()}
+        key: tuple(value.shape) for key, value in theirs.items()
+    }
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -65,5 +66,6 @@ def test_num_classes_and_in_channels_overrides_match_torchvision() -> None:
     assert ours.conv1.weight.shape == (64, 1, 7, 7) and ours.fc.weight.shape == (10, 512)
     reference = torchvision.models.resnet18(weights=None, num_classes=10)
     assert {k: v.shape for k, v in ours.state_dict().items() if k != "conv1.weight"} == {
-        k: v.shape for k, v in reference.state_dict().items() if k != "conv1.weight"}
+        k: v.shape for k, v in reference.state_dict().items() if k != "conv1.weight"
+    }
     assert np.isfinite(ours(torch.randn(2, 1, 40, 40)).detach().numpy()).all()
