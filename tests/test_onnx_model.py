@@ -116,13 +116,15 @@ def test_tiny_spec_with_every_op_agrees_with_its_generated_module(tmp_path) -> N
 
 
 def test_onnx_path_never_imports_torch(tmp_path) -> None:
+    spec = str(ROOT / "specs/resnet18.yaml")
     script = (
         "import sys, json\n"
         "from resnetc.cli import main\n"
-        f"code = main(['compile', {str(ROOT / 'specs/resnet18.yaml')!r}, '--target', 'onnx', '--out', {str(tmp_path)!r}])\n"
-        f"main(['info', {str(ROOT / 'specs/resnet18.yaml')!r}, '--json'])\n"
-        f"main(['check', {str(ROOT / 'specs/resnet18.yaml')!r}])\n"
-        "print(json.dumps({'code': code, 'torch': sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))}))\n"
+        f"code = main(['compile', {spec!r}, '--target', 'onnx', '--out', {str(tmp_path)!r}])\n"
+        f"main(['info', {spec!r}, '--json'])\n"
+        f"main(['check', {spec!r}])\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print(json.dumps({'code': code, 'torch': loaded}))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
     report = json.loads(result.stdout.strip().splitlines()[-1])
