@@ -13,6 +13,7 @@ Nothing here prints or exits; errors are `SpecError` (with locations) or `Weight
 
 from __future__ import annotations
 
+import keyword
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -98,12 +99,19 @@ class CompileResult:
     weights_origin: str | None = None
 
 
+# Output names that would shadow what the generated module imports.
+_SHADOWING_STEMS = {"torch", "__future__", "__init__"}
+
+
 def _module_name_problem(loaded: LoadedSpec) -> None:
-    if not (loaded.stem.isascii() and loaded.stem.isidentifier()):
+    stem = loaded.stem
+    usable = stem.isascii() and stem.isidentifier() and not keyword.iskeyword(stem) and stem not in _SHADOWING_STEMS
+    if not usable:
         raise SpecError.at(
             Location(loaded.source.path, 1, 1),
             f"the spec's file name '{loaded.file_name}' must be a "
-            "valid Python module name (letters, digits and _), since outputs are named after it",
+            "valid Python module name (letters, digits and _; not a keyword or 'torch'), "
+            "since outputs are named after it",
             "E110",
         )
 

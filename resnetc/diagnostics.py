@@ -14,8 +14,9 @@ def _source_line(diagnostic: Diagnostic, texts: dict[str, str]) -> str | None:
     path = diagnostic.location.path
     if path not in texts:
         try:
-            texts[path] = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError, ValueError):
+            # Undecodable bytes are shown as U+FFFD, so a non-UTF-8 spec still shows its line.
+            texts[path] = Path(path).read_bytes().decode("utf-8", errors="replace")
+        except (OSError, ValueError):
             texts[path] = ""
     lines = texts[path].splitlines()
     number = diagnostic.location.line

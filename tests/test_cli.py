@@ -107,7 +107,7 @@ def test_channel_mismatch_is_located(tmp_path, capsys) -> None:
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:10:28: error[E402]: shape mismatch at add")
-    assert "(4, 16, 16), (3, 16, 16)" in err and "(in stage.0)" in err
+    assert "(4, 16, 16), (3, 16, 16)" in err and "(in stage.0.add)" in err
 
 
 def test_missing_spec_file_is_bad_input(capsys) -> None:

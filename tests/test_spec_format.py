@@ -50,7 +50,7 @@ def test_division_by_zero_is_located(tmp_path) -> None:
     text += "layers:\n  s: {op: stage, block: b, repeat: 1, args: {w: 4}}\n" + TAIL
     error = _error(text)
     assert (error.first.code, error.first.location.line, error.first.location.col) == ("E310", 9, 26)
-    assert "division by zero" in error.first.message and "(in s.0)" in error.first.message
+    assert "division by zero" in error.first.message and "(in s.0.c)" in error.first.message
 
 
 @pytest.mark.parametrize(

@@ -119,9 +119,9 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         source = f"{INPUT}.{dtype}"
         nodes.append(helper.make_node("Cast", [INPUT], [source], name="cast_input", to=onnx_type))
     renamed = {"input": source}
-    last = graph.aliases.get(graph.output, graph.output)
+    last = graph.output
     for node in graph.nodes:
-        inputs = [renamed.get(graph.aliases.get(name, name), name) for name in node.inputs]
+        inputs = [renamed.get(name, name) for name in node.inputs]
         output = OUTPUT if node.name == last and dtype == "float32" else node.name
         nodes.extend(EMITTERS[node.op](node, inputs, output))
     if dtype != "float32":

@@ -101,7 +101,6 @@ class Graph:
     input_shape: Shape
     nodes: list[Node]
     output: str
-    aliases: dict[str, str] = field(default_factory=dict)  # identity shortcuts: name -> value read
 
     def node(self, name: str) -> Node:
         return self._index()[name]
@@ -110,7 +109,6 @@ class Graph:
         return {node.name: node for node in self.nodes}
 
     def shape_of(self, value: str) -> Shape:
-        value = self.aliases.get(value, value)
         return self.input_shape if value == "input" else self.node(value).shape
 
     @property

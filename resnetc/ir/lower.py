@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from resnetc.errors import Diagnostic, SpecError, did_you_mean
+from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
 from resnetc.ir import shapes
 from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, Node, Origin, Scope
 from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
+from resnetc.ir.verify import verify
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import Const, Expr
 from resnetc.spec.load import LoadedSpec, Located
@@ -116,13 +117,7 @@ class _StaticChecks:
             and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)
         ]
         if projection_users:
-            projection = self.block(spec.projection, Origin(source, ()), "projection")
-            if projection is not None and not {"out", "stride"} <= set(projection.params):
-                self.fail(
-                    source.value(("projection",)),
-                    f"the projection block '{spec.projection}' must take parameters 'out' and 'stride'",
-                    "E303",
-                )
+            self._check_projection(projection_users[0])
         return Scope(
             "model",
             spec.name,
@@ -134,6 +129,62 @@ class _StaticChecks:
             layers[-1].name,
             Origin(source, ()),
         )
+
+    def _check_projection(self, first_user: LayerIR) -> None:
+        """The block that projects shortcuts takes `out` and `stride`, and needs nothing else."""
+        spec, source = self.loaded.spec, self.loaded.source
+        name = spec.projection
+        if ("projection",) in source.values:
+            blame = source.value(("projection",))
+        elif name in spec.blocks:
+            blame = source.key(("blocks", name))
+        else:
+            blame = first_user.origin.at("block")
+        projection = self.block(name, Origin(source, ("projection",)), "projection")
+        if projection is None:
+            return
+        if not {"out", "stride"} <= set(projection.params):
+            self.fail(blame, f"the projection block '{name}' must take parameters 'out' and 'stride'", "E303")
+        for param, default in projection.params.items():
+            if default is None and param not in ("out", "stride"):
+                where = projection.origin.source.key((*projection.origin.path, "params", param))
+                self.fail(
+                    where if projection.origin.source is source else blame,
+                    f"the projection block '{name}' can only be given 'out' and 'stride', but requires '{param}'",
+                    "E303",
+                )
+
+    def used_blocks(self, body: Scope) -> dict[str, Scope]:
+        """The blocks the model instantiates, in first-use order (what the generated module defines)."""
+        used: dict[str, Scope] = {}
+        for layer in body.layers:
+            if layer.op == "stage" and layer.block in self.blocks:
+                block = self.blocks[layer.block]
+                used.setdefault(block.name, block)
+                if any(inner.op == "shortcut" for inner in block.layers) and self.loaded.spec.projection in self.blocks:
+                    used.setdefault(self.loaded.spec.projection, self.blocks[self.loaded.spec.projection])
+        return used
+
+    def check_class_names(self, body: Scope, used: dict[str, Scope]) -> None:
+        """Every class in the generated module has its own name."""
+        taken = {body.class_name: "the model"}
+        # Library blocks claim their names first, so a clash is blamed on what the spec wrote.
+        for scope in sorted(used.values(), key=lambda scope: scope.origin.source is self.loaded.source):
+            if scope.class_name in taken:
+                where = (
+                    scope.origin.at("class_name")
+                    if (*scope.origin.path, "class_name") in scope.origin.source.values
+                    else scope.origin.source.key(scope.origin.path)
+                )
+                if scope.origin.source is not self.loaded.source:  # a library block: blame the model's name
+                    where = self.loaded.source.value(("name",))
+                self.fail(
+                    where,
+                    f"class name '{scope.class_name}' is used twice: by block '{scope.name}' and by "
+                    f"{taken[scope.class_name]}",
+                    "E302",
+                )
+            taken.setdefault(scope.class_name, f"block '{scope.name}'")
 
     def _layers(
         self, layers: dict[str, Layer], source: SourceMap, path: DocPath, allowed: set[str], top_level: bool
@@ -166,10 +217,7 @@ class _StaticChecks:
                     self.fail(
                         origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306"
                     )
-                args = {
-                    key: self._expression(value, allowed, Origin(source, (*path, name, "args")), key)
-                    for key, value in layer.args.items()
-                }
+                args = {key: Const(value) for key, value in layer.args.items()}
                 self._check_stage(layer.block, args, layer.stride, origin)
             result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args))
         return tuple(result)
@@ -290,11 +338,34 @@ class _Instantiator:
         self.shapes: dict[str, tuple[int, ...]] = {"input": self.input_shape}
         self.stages: dict[str, list[BlockInstance]] = {}
         self.parameters = 0
+        self.source = loaded.source
+        self.current_stage: LayerIR | None = None  # the top-level stage being instantiated
 
     def fail(self, layer: LayerIR, key: str | None, message: str, prefix: str, code: str) -> SpecError:
-        # Blame the attribute where it was written, else the layer; name the instance when it is inside a stage.
-        context = f" (in {prefix.rstrip('.')})" if prefix else ""
-        return SpecError([Diagnostic(layer.origin.at(key), message + context, code)])
+        """Blame the attribute where it was written, else the layer, naming the block instance. A layer of a
+        library block is not the user's to fix: blame the stage argument that reached it instead."""
+        where = layer.origin.at(key)
+        context = f" (in {prefix}{layer.name})" if prefix else ""
+        if where.path != self.source.path and self.current_stage is not None:
+            context = f" (in {prefix}{layer.name}, from the block defined at {where})"
+            where = self._blame_stage(layer, key)
+        return SpecError([Diagnostic(where, message + context, code)])
+
+    def _blame_stage(self, layer: LayerIR, key: str | None) -> Location:
+        stage = self.current_stage
+        assert stage is not None
+        value = layer.attrs.get(key) if key else None
+        read = (
+            expressions.names(value)
+            if isinstance(value, (Const, expressions.Name, expressions.Neg, expressions.BinOp))
+            else []
+        )
+        for name in read:
+            if name in stage.args:
+                return stage.origin.source.value((*stage.origin.path, "args", name))
+        if "stride" in read and (*stage.origin.path, "stride") in stage.origin.source.values:
+            return stage.origin.at("stride")
+        return stage.origin.at("block")
 
     def evaluate(self, layer: LayerIR, key: str, env: dict[str, int], prefix: str) -> int | float | bool | None:
         value = layer.attrs.get(key)
@@ -365,6 +436,13 @@ class _Instantiator:
         return name
 
     def stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
+        self.current_stage = layer
+        try:
+            return self._stage(layer, env, prefix, source)
+        finally:
+            self.current_stage = None
+
+    def _stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
         block = self.blocks[layer.block]  # type: ignore[index]
         stride = self.evaluate(layer, "stride", env, prefix)
         arguments: dict[str, int] = {}
@@ -406,7 +484,11 @@ def lower(loaded: LoadedSpec) -> Model:
     for layer_name, layer in loaded.spec.layers.items():
         if layer.op == "stage":
             checks.block(layer.block, Origin(loaded.source, ("layers", layer_name)), "block")
+    for name in loaded.spec.blocks:  # the spec's own blocks are checked even where no stage uses them
+        checks.block(name, Origin(loaded.source, ("blocks", name)), "layers")
     body = checks.body()
+    used = checks.used_blocks(body)
+    checks.check_class_names(body, used)
     if checks.problems:
         raise SpecError(checks.problems)
     instantiator = _Instantiator(loaded, checks.blocks)
@@ -424,6 +506,7 @@ def lower(loaded: LoadedSpec) -> Model:
             "E405",
         )
     graph = Graph(instantiator.input_shape, instantiator.nodes, output)
+    verify(graph)
     return Model(
         class_name=loaded.spec.name,
         stem=loaded.stem,
@@ -435,7 +518,7 @@ def lower(loaded: LoadedSpec) -> Model:
         shortcut_option=loaded.spec.shortcut,
         projection=loaded.spec.projection,
         body=body,
-        blocks=checks.blocks,
+        blocks=used,
         stages=instantiator.stages,
         body_shapes={layer.name: instantiator.shapes[values[layer.name]] for layer in body.layers},
         graph=graph,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
 from resnetc.spec.models import OPS, BlockDef, Library, Spec
 from resnetc.spec.yaml_source import Path as DocPath
-from resnetc.spec.yaml_source import SourceMap, read_yaml
+from resnetc.spec.yaml_source import SourceMap, read_yaml, spelling
 
 LIBRARY_FILE = "blocks.yaml"
 
@@ -54,13 +54,13 @@ def _message(error: dict[str, Any]) -> str:
     if error["type"] == "union_tag_not_found":
         return "a layer needs an 'op' key"
     if error["type"] == "literal_error":
-        return f"{message}, got {error['input']!r}"
+        return f"{message}, got {spelling(error['input'])}"
     if (
         error["type"].endswith("_type")
         and error["type"] != "int_or_expression_type"
         and not isinstance(error["input"], (dict, list))
     ):
-        return f"{message}, got {error['input']!r} ({_type_name(error['input'])})"
+        return f"{message}, got {spelling(error['input'])} ({_type_name(error['input'])})"
     return message
 
 
@@ -184,5 +184,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise SpecError.at(Location(str(path), 1, 1), f"spec is not UTF-8 text (byte {error.start})", "E109") from None
+        before = raw[: error.start]
+        line, col = before.count(b"\n") + 1, error.start - (before.rfind(b"\n") + 1) + 1
+        raise SpecError.at(
+            Location(str(path), line, col), f"spec is not UTF-8 text (byte 0x{raw[error.start]:02x})", "E109"
+        ) from None
     return load_spec_text(text, str(path))

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 from pydantic_core import PydanticCustomError
 
 from resnetc.spec import expr as expressions
+from resnetc.spec.yaml_source import spelling
 
 SPEC_VERSION = 1
 
@@ -41,7 +42,7 @@ def _int_or_expression(value: object) -> int | str:
         raise PydanticCustomError(
             "int_or_expression_type",
             "expected an integer or an expression such as 'width * 4', got {value} ({kind})",
-            {"value": repr(value), "kind": kind},
+            {"value": kind if isinstance(value, (list, dict)) else spelling(value), "kind": kind},
         )
     return _check_expression(value)
 
@@ -149,9 +150,10 @@ class Stage(StrictModel):
     op: Literal["stage"]
     from_: Reference | None = Field(default=None, alias="from")
     block: str
-    repeat: IntExpr
-    stride: IntExpr = 1
-    args: dict[str, IntExpr] = Field(default_factory=dict)
+    # Plain integers: a stage is one concrete instantiation, fixed when the model is generated.
+    repeat: int
+    stride: Annotated[int, Field(ge=1)] = 1
+    args: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
 Layer = Annotated[
@@ -195,7 +197,7 @@ class Spec(StrictModel):
     version: int
     name: Annotated[str, AfterValidator(_check_class_name)]
     doc: str = ""
-    input: list[int] = Field(min_length=3, max_length=3)  # channels, height, width
+    input: list[Annotated[int, Field(gt=0)]] = Field(min_length=3, max_length=3)  # channels, height, width
     num_classes: int = Field(gt=0)
     shortcut: Literal["B", "C"] = "B"
     projection: str = "projection"
@@ -207,13 +209,6 @@ class Spec(StrictModel):
     def _supported_version(cls, value: int) -> int:
         if value != SPEC_VERSION:
             raise ValueError(f"unsupported spec version {value}; this resnetc reads version {SPEC_VERSION}")
-        return value
-
-    @field_validator("input")
-    @classmethod
-    def _positive_input(cls, value: list[int]) -> list[int]:
-        if min(value) <= 0:
-            raise ValueError(f"input sizes must be positive, got {value}")
         return value
 
 

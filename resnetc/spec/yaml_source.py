@@ -27,15 +27,26 @@ _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)([eE][-+]?[0-9]+)?")
 _NULL = {"", "~", "null", "Null", "NULL"}
 _TRUE = {"true", "True", "TRUE"}
 _FALSE = {"false", "False", "FALSE"}
-_STANDARD_TAGS = {
-    "tag:yaml.org,2002:map",
-    "tag:yaml.org,2002:seq",
-    "tag:yaml.org,2002:str",
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-}
+_PLAIN = "tag:resnetc,2026:plain"  # an untagged, unquoted scalar: typed by the patterns above
+_STR = "tag:yaml.org,2002:str"
+# Explicit `!!str` is honoured; other tags are refused (a spec never needs them, and `!!python/...` is an attack).
+_ACCEPTED_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", _STR, _PLAIN}
+# Where PyYAML's "context" mark is the place to fix (the unclosed bracket or quote), not where it gave up.
+_CONTEXT_FIRST = (
+    "while parsing a flow mapping",
+    "while parsing a flow sequence",
+    "while scanning a quoted scalar",
+    "while scanning a simple key",
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves plain scalars untyped, so that we type them (and see explicit tags)."""
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return _PLAIN
+        return super().resolve(kind, value, implicit)
 
 
 @dataclass
@@ -67,12 +78,21 @@ class SourceMap:
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 
+def spelling(value: Any) -> str:
+    """A value as a spec writes it: `true`, `null`, `'64'`, not Python's `True`, `None`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
 def _location(path: str, mark: yaml.Mark) -> Location:
     return Location(path, mark.line + 1, mark.column + 1)
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
-    if node.style is not None:  # quoted or block scalar: always text
+    if node.tag == _STR:  # quoted, block or `!!str`: always text
         return node.value
     text = node.value
     if text in _NULL:
@@ -101,8 +121,9 @@ class _Builder:
         if depth > MAX_DEPTH:
             self.fail(node.start_mark, f"the document nests deeper than {MAX_DEPTH} levels", "E105")
             return None
-        if node.tag not in _STANDARD_TAGS:
-            self.fail(node.start_mark, f"custom YAML tags are not allowed: {node.tag}", "E104")
+        if node.tag not in _ACCEPTED_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.fail(node.start_mark, f"custom YAML tags are not allowed: {tag}", "E104")
             return None
         if isinstance(node, yaml.ScalarNode):
             return _scalar(node)
@@ -136,10 +157,14 @@ class _Builder:
         return result
 
 
-def _refuse_aliases(text: str, path: str) -> None:
-    """Anchors and aliases let a small file expand without bound: a spec never needs them."""
+def _scan_events(text: str, path: str) -> list[yaml.Mark]:
+    """Refuse anchors and aliases (a small file could expand without bound; a spec never needs them)
+    and return where each document starts (its `---`, where written)."""
     problems = []
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    starts = []
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            starts.append(event.start_mark)
         if isinstance(event, yaml.AliasEvent):
             problems.append(
                 Diagnostic(_location(path, event.start_mark), "YAML aliases (*name) are not allowed", "E101")
@@ -150,13 +175,19 @@ def _refuse_aliases(text: str, path: str) -> None:
             )
     if problems:
         raise SpecError(problems)
+    return starts
 
 
 def _syntax_error(error: yaml.YAMLError, path: str) -> SpecError:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    context = getattr(error, "context", None) or ""
+    marks = [getattr(error, "problem_mark", None), getattr(error, "context_mark", None)]
+    if context.startswith(_CONTEXT_FIRST):
+        marks.reverse()
+    mark = next((candidate for candidate in marks if candidate is not None), None)
     where = _location(path, mark) if mark is not None else Location(path, 1, 1)
     problem = getattr(error, "problem", None) or str(error)
-    context = getattr(error, "context", None)
+    if "'\\t'" in problem or "\t" in problem:
+        problem = "a tab cannot indent YAML; use spaces"
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
     return SpecError.at(where, message, "E100")
 
@@ -167,15 +198,14 @@ def read_yaml(text: str, path: str) -> tuple[Any, SourceMap]:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
         raise SpecError.at(Location(path, 1, 1), f"spec file is larger than {MAX_SPEC_BYTES // 1024} KiB", "E106")
     try:
-        _refuse_aliases(text, path)
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        starts = _scan_events(text, path)
+        documents = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.YAMLError as error:
         raise _syntax_error(error, path) from None
-    if not documents:
-        raise SpecError.at(Location(path, 1, 1), "the spec file is empty", "E107")
     if len(documents) > 1:
-        second = documents[1]
-        raise SpecError.at(_location(path, second.start_mark), "a spec file holds exactly one YAML document", "E107")
+        raise SpecError.at(_location(path, starts[1]), "a spec file holds exactly one YAML document", "E107")
+    if not documents or (isinstance(documents[0], yaml.ScalarNode) and documents[0].value == ""):
+        raise SpecError.at(Location(path, 1, 1), "the spec file is empty", "E107")
     builder = _Builder(source)
     data = builder.build(documents[0], ())
     if builder.problems:
