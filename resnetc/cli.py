@@ -88,10 +88,8 @@ def _compile(args: argparse.Namespace) -> int:
             for path in result.differing:
                 print(f"{path}: differs from what {spec} gives")
             return EXIT_DIFFERENT if result.differing else EXIT_OK
-        for path in result.written:
-            print(f"wrote {path}")
-        for path in result.unchanged:
-            print(f"unchanged {path}")
+        for path in sorted(result.written + result.unchanged, key=str):
+            print(f"{'wrote' if path in result.written else 'unchanged'} {path}")
         if result.weights_origin is not None:
             print(f"  weights: {result.weights_origin}")
         return EXIT_OK
