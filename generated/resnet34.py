@@ -52,7 +52,7 @@ class ResNet34(nn.Module):
     Built for inputs of shape (N, 3, 224, 224); any size that survives the downsampling works.
     """
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -70,7 +70,7 @@ class ResNet34(nn.Module):
             *(BasicBlock(512, width=512) for _ in range(2)),
         )
         self.fc = nn.Linear(512, num_classes)
-        self.init_weights()
+        self.init_weights(zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
@@ -86,11 +86,18 @@ class ResNet34(nn.Module):
         x = self.fc(x)  # (N, 1000)
         return x
 
-    def init_weights(self) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity."""
+    def init_weights(self, zero_init_residual: bool = False) -> None:
+        """He initialisation for convolutions; BatchNorm starts as the identity.
+
+        With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
+        every residual block starts as the identity (Goyal et al. 2017)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)

@@ -25,8 +25,11 @@ TEMPLATE = "module.py.jinja"
 
 # Weight initialisation as torchvision does it, so a generated model trains like the reference.
 _INIT_WEIGHTS = [
-    "def init_weights(self) -> None:",
-    '    """He initialisation for convolutions; BatchNorm starts as the identity."""',
+    "def init_weights(self, zero_init_residual: bool = False) -> None:",
+    '    """He initialisation for convolutions; BatchNorm starts as the identity.',
+    "",
+    "    With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that",
+    '    every residual block starts as the identity (Goyal et al. 2017)."""',
     "    for module in self.modules():",
     "        if isinstance(module, nn.Conv2d):",
     '            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")',
@@ -34,6 +37,7 @@ _INIT_WEIGHTS = [
     "            nn.init.ones_(module.weight)",
     "            nn.init.zeros_(module.bias)",
 ]
+ZERO_PAD_CLASS = "ZeroPadShortcut"
 
 
 class RenderError(Exception):
@@ -118,6 +122,7 @@ MODULES: dict[str, Callable[[LayerIR, Expr], str]] = {
     "avgpool": lambda layer, channels: f"nn.AvgPool2d({_pool_options(layer)})",
     "global_avg_pool": lambda layer, channels: "nn.AdaptiveAvgPool2d(1)",
     "flatten": lambda layer, channels: "nn.Flatten()",
+    "dropout": lambda layer, channels: f"nn.Dropout(p={_literal(layer.attrs['p'])})",
 }
 WEIGHTED = ("conv", "batchnorm", "linear")
 CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
@@ -126,6 +131,7 @@ CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
     "avgpool": lambda layer, args: f"F.avg_pool2d({args[0]}, {_pool_options(layer)})",
     "global_avg_pool": lambda layer, args: f"F.adaptive_avg_pool2d({args[0]}, 1)",
     "flatten": lambda layer, args: f"torch.flatten({args[0]}, 1)",
+    "dropout": lambda layer, args: f"F.dropout({args[0]}, p={_literal(layer.attrs['p'])}, training=self.training)",
     "add": lambda layer, args: " + ".join(args),
 }
 
@@ -164,7 +170,7 @@ class _ClassWriter:
         )
         signature = "self, in_channels: int" + (f", *, {params}" if params else "")
         if scope.is_sequential:
-            modules = [f"    {MODULES[layer.op](layer, scope.input_channels[layer.name])}," for layer in scope.layers]
+            modules = [f"    {MODULES[layer.op](layer, scope.channels_in(layer))}," for layer in scope.layers]
             init = ["super().__init__(", *modules, ")"]
             return self._class(scope, "nn.Sequential", signature, init, [])
         lets = [f"{name} = {_expr(value)}" for name, value in scope.lets.items()]
@@ -174,9 +180,39 @@ class _ClassWriter:
     def body(self) -> dict[str, object]:
         scope = self.model.body
         params = ", ".join(f"{name}: int = {_literal(scope.params[name])}" for name in ("num_classes", "in_channels"))
-        init = ["super().__init__()", *self._members(scope), "self.init_weights()"]
+        params += f", zero_init_residual: bool = {_literal(self.model.zero_init_residual)}"
+        init = ["super().__init__()", *self._members(scope), "self.init_weights(zero_init_residual)"]
         forward = self._forward(scope, self.model.body_shapes)
-        return self._class(scope, "nn.Module", f"self, {params}", init, forward, _INIT_WEIGHTS)
+        return self._class(scope, "nn.Module", f"self, {params}", init, forward, self._init_weights())
+
+    def _init_weights(self) -> list[str]:
+        lines = list(_INIT_WEIGHTS)
+        blocks = [block for block in self.model.blocks.values() if block.residual_batchnorms]
+        if blocks:
+            lines += ["    if zero_init_residual:", "        for module in self.modules():"]
+            for index, block in enumerate(blocks):
+                lines.append(f"            {'elif' if index else 'if'} isinstance(module, {block.class_name}):")
+                lines += [f"                nn.init.zeros_(module.{name}.weight)" for name in block.residual_batchnorms]
+        return lines
+
+    def zero_pad(self) -> dict[str, object]:
+        """The helper class of option A shortcuts, which torch has no module for."""
+        split = self.model.zero_pad == "split"
+        where = "split evenly before and after the real channels" if split else "appended after the real channels"
+        pad = "extra // 2, extra - extra // 2" if split else "0, extra"
+        return {
+            "name": ZERO_PAD_CLASS,
+            "base": "nn.Module",
+            "doc": f"Option A shortcut (He et al. 2015): every stride-th pixel, zero channels {where}.",
+            "signature": "self, in_channels: int, *, out: int, stride: int = 1",
+            "init": ["super().__init__()", "self.extra_channels = out - in_channels", "self.stride = stride"],
+            "forward": [
+                "x = x[:, :, :: self.stride, :: self.stride]",
+                "extra = self.extra_channels",
+                f"return F.pad(x, (0, 0, 0, 0, {pad}))",
+            ],
+            "extra": [],
+        }
 
     def _class(
         self,
@@ -208,23 +244,33 @@ class _ClassWriter:
             "extra": extra or [],
         }
 
+    def _is_member(self, scope: Scope, layer: LayerIR) -> bool:
+        """Weighted layers are modules; so is any other op whose settings read the block's parameters,
+        because `forward` cannot see them."""
+        if layer.op in WEIGHTED:
+            return True
+        symbolic = [
+            value for value in layer.attrs.values() if isinstance(value, (expressions.Name, expressions.Neg, BinOp))
+        ]
+        return scope is not self.model.body and layer.op in MODULES and any(expressions.names(v) for v in symbolic)
+
     def _members(self, scope: Scope) -> list[str]:
         lines = []
         for layer in scope.layers:
-            channels = scope.input_channels[layer.name]
-            if layer.op in WEIGHTED:
+            channels = scope.channels_in(layer)
+            if self._is_member(scope, layer):
                 lines.append(f"self.{layer.name} = {MODULES[layer.op](layer, channels)}")
             elif layer.op == "stage":
                 lines.extend(self._stage(layer, channels))
             elif layer.op == "shortcut":
-                lines.append(self._shortcut(layer, channels))
+                lines.append(self._shortcut(layer, channels, scope.channels_in(layer, -1)))
         return lines
 
-    def _shortcut(self, layer: LayerIR, channels: Expr) -> str:
+    def _shortcut(self, layer: LayerIR, channels: Expr, reshaped_channels: Expr) -> str:
         model = self.model
-        projection = model.blocks[model.projection]
+        reshaper = ZERO_PAD_CLASS if model.shortcut_option == "A" else model.blocks[model.projection].class_name
         out, stride = layer.attrs["out"], layer.attrs["stride"]
-        call = f"{projection.class_name}({_expr(channels)}, out={_expr(out)}, stride={_expr(stride)})"
+        call = f"{reshaper}({_expr(reshaped_channels)}, out={_expr(out)}, stride={_expr(stride)})"
         if model.shortcut_option == "C":
             return f"self.{layer.name} = {call}"
         condition = f"{_expr(stride)} != 1 or {_expr(channels)} != {_expr(out)}"
@@ -258,10 +304,10 @@ class _ClassWriter:
         lines = []
         for layer in scope.layers:
             args = [holder[name] for name in layer.inputs]
-            if layer.op in WEIGHTED or layer.op == "stage":
+            if layer.op == "stage" or self._is_member(scope, layer):
                 value = f"self.{layer.name}({args[0]})"
             elif layer.op == "shortcut":
-                value = f"self.{layer.name}({args[0]})"
+                value = f"self.{layer.name}({args[-1]})"  # reshapes `project_from` where given
                 if self.model.shortcut_option != "C":
                     value = f"{args[0]} if self.{layer.name} is None else {value}"
             else:
@@ -280,7 +326,8 @@ def render(model: Model) -> str:
     blocks = list(model.blocks.values())
     # Classes in dependency order: projection (used by other blocks) first, the model last.
     blocks.sort(key=lambda scope: scope.name != model.projection)
-    classes = [writer.block(scope) for scope in blocks] + [writer.body()]
+    helpers = [writer.zero_pad()] if any(node.op == "zero_pad" for node in model.graph.nodes) else []
+    classes = helpers + [writer.block(scope) for scope in blocks] + [writer.body()]
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
@@ -294,7 +341,7 @@ def render(model: Model) -> str:
         title=title.replace('"""', "'''").replace("\\", "\\\\"),
         file_name=model.file_name,
         sha256=model.sha256,
-        exports=[model.class_name] + [scope.class_name for scope in blocks],
+        exports=[model.class_name] + [scope.class_name for scope in blocks] + [c["name"] for c in helpers],
         classes=classes,
     )
     ast.parse(source, filename=f"{model.stem}.py")

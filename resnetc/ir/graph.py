@@ -54,9 +54,14 @@ class Scope:
     params: dict[str, int | None]  # in declaration order; None means required
     lets: dict[str, Expr]  # derived values, each over the parameters and the lets before it
     layers: tuple[LayerIR, ...]
-    input_channels: dict[str, Expr]  # channels of each layer's (first) input, as an expression
+    value_channels: dict[str, Expr]  # channels of every value ("input" and each layer's output), as expressions
     output: str
     origin: Origin
+    residual_batchnorms: tuple[str, ...] = ()  # BatchNorms that end a residual branch (zero_init_residual)
+
+    def channels_in(self, layer: LayerIR, position: int = 0) -> Expr:
+        """Channels of a layer's input (its `position`-th), as an expression over the scope's parameters."""
+        return self.value_channels[layer.inputs[position]]
 
     def layer(self, name: str) -> LayerIR:
         return next(layer for layer in self.layers if layer.name == name)
@@ -83,7 +88,7 @@ class Node:
     name: str
     op: str
     inputs: tuple[str, ...]
-    attrs: dict[str, int | float | bool]
+    attrs: dict[str, int | float | bool | str]
     shape: Shape
     params: dict[str, Shape] = field(default_factory=dict)  # learnable: weight, bias
     buffers: dict[str, Shape] = field(default_factory=dict)  # running statistics
@@ -138,6 +143,8 @@ class Model:
     num_classes: int
     shortcut_option: str
     projection: str
+    zero_pad: str  # option A: where the zero channels go ("end" or "split")
+    zero_init_residual: bool
     body: Scope
     blocks: dict[str, Scope]  # the block types the model uses, in first-use order
     stages: dict[str, list[BlockInstance]]  # top-level stage name -> its blocks

@@ -90,6 +90,16 @@ class _StaticChecks:
             lets[let] = self._expression(value, allowed, key_origin, let) or Const(0)
             allowed.add(let)
         layers = self._layers(block.layers, located.source, (*located.path, "layers"), allowed, top_level=False)
+        by_name = {layer.name: layer for layer in layers}
+        # A BatchNorm feeding an add next to a shortcut ends a residual branch (zero_init_residual zeroes it).
+        shortcuts = {layer.name for layer in layers if layer.op == "shortcut"}
+        residual = tuple(
+            name
+            for layer in layers
+            if layer.op == "add" and shortcuts & set(layer.inputs)
+            for name in layer.inputs
+            if name in by_name and by_name[name].op == "batchnorm"
+        )
         return Scope(
             name,
             class_name,
@@ -100,6 +110,7 @@ class _StaticChecks:
             self._channels(layers),
             layers[-1].name,
             origin,
+            residual,
         )
 
     def body(self) -> Scope:
@@ -116,7 +127,7 @@ class _StaticChecks:
             and layer.block in self.blocks
             and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)
         ]
-        if projection_users:
+        if projection_users and spec.shortcut != "A":  # option A pads instead of projecting
             self._check_projection(projection_users[0])
         return Scope(
             "model",
@@ -161,7 +172,8 @@ class _StaticChecks:
             if layer.op == "stage" and layer.block in self.blocks:
                 block = self.blocks[layer.block]
                 used.setdefault(block.name, block)
-                if any(inner.op == "shortcut" for inner in block.layers) and self.loaded.spec.projection in self.blocks:
+                projects = any(inner.op == "shortcut" for inner in block.layers) and self.loaded.spec.shortcut != "A"
+                if projects and self.loaded.spec.projection in self.blocks:
                     used.setdefault(self.loaded.spec.projection, self.blocks[self.loaded.spec.projection])
         return used
 
@@ -202,7 +214,7 @@ class _StaticChecks:
             inputs = self._inputs(layer, result, origin)
             attrs: dict[str, AttrValue] = {}
             for key, value in layer:
-                if key in ("op", "from_", "block", "args", "repeat"):
+                if key in ("op", "from_", "block", "args", "repeat", "project_from"):
                     continue
                 attrs[key] = self._expression(value, allowed, origin, key) if key in _EXPRESSION_ATTRS else value
             block_name, args = None, {}
@@ -227,6 +239,8 @@ class _StaticChecks:
         if reference is None:
             return (earlier[-1].name if earlier else "input",)
         references = reference if isinstance(reference, list) else [reference]
+        if getattr(layer, "project_from", None) is not None:  # a shortcut's second input: what it reshapes
+            references = [*references, layer.project_from]  # type: ignore[union-attr]
         known = {"input"} | {item.name for item in earlier}
         for position, name in enumerate(references):
             if name not in known:
@@ -289,19 +303,17 @@ class _StaticChecks:
             self.fail(origin.at("stride"), f"block '{block_name}' has no 'stride' parameter to downsample with", "E309")
 
     def _channels(self, layers: tuple[LayerIR, ...]) -> dict[str, Expr]:
-        """Channels of each layer's input as an expression over the scope's parameters."""
+        """Channels of every value of a scope, as expressions over its parameters."""
         produced: dict[str, Expr] = {"input": expressions.Name("in_channels")}
-        consumed: dict[str, Expr] = {}
         for layer in layers:
             channels = produced.get(layer.inputs[0], Const(0))
-            consumed[layer.name] = channels
             if layer.op in ("conv", "linear", "shortcut"):
                 produced[layer.name] = layer.attrs["out"]  # type: ignore[assignment]
             elif layer.op == "stage" and layer.block in self.blocks:
                 produced[layer.name] = self._stage_channels(layer, channels)
             else:
                 produced[layer.name] = channels
-        return consumed
+        return produced
 
     def _stage_channels(self, layer: LayerIR, channels: Expr) -> Expr:
         block = self.blocks[layer.block]  # type: ignore[index]
@@ -315,13 +327,7 @@ class _StaticChecks:
         return channels
 
     def _output_channels(self, block: Scope) -> Expr:
-        produced: dict[str, Expr] = {"input": expressions.Name("in_channels")}
-        for layer in block.layers:
-            if layer.op in ("conv", "linear", "shortcut"):
-                produced[layer.name] = layer.attrs["out"]  # type: ignore[assignment]
-            else:
-                produced[layer.name] = produced.get(layer.inputs[0], Const(0))
-        out = produced[block.output]
+        out = block.value_channels[block.output]
         for name, value in reversed(block.lets.items()):  # inline lets: the result reads parameters only
             out = expressions.substitute(out, {name: value})
         return out
@@ -396,7 +402,7 @@ class _Instantiator:
             if layer.op == "stage":
                 values[layer.name] = self.stage(layer, env, prefix, inputs[0])
             elif layer.op == "shortcut":
-                values[layer.name] = self.shortcut(layer, env, prefix, inputs[0])
+                values[layer.name] = self.shortcut(layer, env, prefix, inputs)
             else:
                 values[layer.name] = self.primitive(layer, env, prefix, inputs, shortcut)
         return values
@@ -466,14 +472,22 @@ class _Instantiator:
         self.stages[prefix + layer.name] = instances
         return value
 
-    def shortcut(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
+    def shortcut(self, layer: LayerIR, env: dict[str, int], prefix: str, inputs: list[str]) -> str:
+        source, reshaped = inputs[0], inputs[-1]
         channels = self.shapes[source][0]
         out, stride = self.evaluate(layer, "out", env, prefix), self.evaluate(layer, "stride", env, prefix)
-        if self.spec.shortcut == "C" or channels != out or stride != 1:
+        option = self.spec.shortcut
+        if option == "A" and (channels != out or stride != 1):
+            attrs = {"out": Const(int(out)), "stride": Const(int(stride)), "position": self.spec.zero_pad}  # type: ignore[arg-type]
+            padding = LayerIR(layer.name, "zero_pad", layer.inputs, attrs, layer.origin)
+            return self.primitive(padding, env, prefix, [reshaped], True)
+        if option == "C" or (option == "B" and (channels != out or stride != 1)):
             projection = self.blocks[self.spec.projection]
             defaults = {name: value for name, value in projection.params.items() if value is not None}
             args = {**defaults, "out": int(out), "stride": int(stride)}  # type: ignore[arg-type]
-            return self.scope(projection, {**args, "in_channels": channels}, f"{prefix}{layer.name}.", source, True)
+            return self.scope(
+                projection, {**args, "in_channels": self.shapes[reshaped][0]}, f"{prefix}{layer.name}.", reshaped, True
+            )
         return source  # identity: the shortcut is the value itself
 
 
@@ -517,6 +531,8 @@ def lower(loaded: LoadedSpec) -> Model:
         num_classes=loaded.spec.num_classes,
         shortcut_option=loaded.spec.shortcut,
         projection=loaded.spec.projection,
+        zero_pad=loaded.spec.zero_pad,
+        zero_init_residual=loaded.spec.zero_init_residual,
         body=body,
         blocks=used,
         stages=instantiator.stages,

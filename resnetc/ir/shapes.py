@@ -13,7 +13,7 @@ from math import prod
 
 from resnetc.ir.graph import Shape
 
-Attrs = dict[str, int | float | bool | None]
+Attrs = dict[str, int | float | bool | str | None]
 
 
 class ShapeError(ValueError):
@@ -25,7 +25,7 @@ class ShapeError(ValueError):
 @dataclass
 class Inferred:
     shape: Shape
-    attrs: dict[str, int | float | bool]
+    attrs: dict[str, int | float | bool | str]
     params: dict[str, Shape] = field(default_factory=dict)
     buffers: dict[str, Shape] = field(default_factory=dict)
     macs: int = 0
@@ -155,6 +155,23 @@ def linear(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     )
 
 
+def dropout(attrs: Attrs, shapes: list[Shape]) -> Inferred:
+    return Inferred(shape=shapes[0], attrs={"p": float(attrs["p"])})  # type: ignore[arg-type]
+
+
+def zero_pad(attrs: Attrs, shapes: list[Shape]) -> Inferred:
+    """Option A's shortcut: every stride-th pixel, then zero channels up to `out` (no parameters)."""
+    channels, height, width = _image(shapes, "zero_pad")
+    _positive(attrs, "out", "stride")
+    out, stride = int(attrs["out"]), int(attrs["stride"])  # type: ignore[arg-type]
+    if out < channels:
+        raise ShapeError(f"option A pads channels and cannot reduce {channels} to {out}; use shortcut B", "out")
+    return Inferred(
+        shape=(out, -(-height // stride), -(-width // stride)),
+        attrs={"in_channels": channels, "out": out, "stride": stride, "position": str(attrs["position"])},
+    )
+
+
 def add(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     if any(shape != shapes[0] for shape in shapes[1:]):
         described = ", ".join(str(shape) for shape in shapes)
@@ -171,5 +188,7 @@ RULES: dict[str, Callable[[Attrs, list[Shape]], Inferred]] = {
     "global_avg_pool": global_avg_pool,
     "flatten": flatten,
     "linear": linear,
+    "dropout": dropout,
+    "zero_pad": zero_pad,
     "add": add,
 }

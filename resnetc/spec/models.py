@@ -131,15 +131,23 @@ class Add(StrictModel):
     from_: list[Reference] = Field(alias="from", min_length=2)
 
 
+class Dropout(LayerBase):
+    op: Literal["dropout"]
+    p: float = Field(default=0.5, ge=0.0, lt=1.0)
+
+
 class Shortcut(StrictModel):
-    """The residual path: identity when shapes allow, else the spec's projection block.
+    """The residual path: identity when shapes allow, else a reshaping of the input.
 
     `out` and `stride` say what the branch it is added to produces; the spec's `shortcut`
-    option decides how the shortcut gets there (B: project when the shape changes, C: always).
+    option decides how the shortcut gets there (A: subsample and pad zero channels, B: project
+    when the shape changes, C: always project). `project_from` names the value that is reshaped
+    when it must be (a pre-activation block projects its activated input); default: `from`.
     """
 
     op: Literal["shortcut"]
     from_: Reference = Field(default="input", alias="from")
+    project_from: Reference | None = None
     out: IntExpr
     stride: IntExpr = 1
 
@@ -157,7 +165,7 @@ class Stage(StrictModel):
 
 
 Layer = Annotated[
-    Conv | BatchNorm | ReLU | MaxPool | AvgPool | GlobalAvgPool | Flatten | Linear | Add | Shortcut | Stage,
+    Conv | BatchNorm | ReLU | MaxPool | AvgPool | GlobalAvgPool | Flatten | Linear | Dropout | Add | Shortcut | Stage,
     Field(discriminator="op"),
 ]
 
@@ -170,6 +178,7 @@ OPS = (
     "global_avg_pool",
     "flatten",
     "linear",
+    "dropout",
     "add",
     "shortcut",
     "stage",
@@ -193,14 +202,26 @@ def _check_class_name(value: str) -> str:
     return value
 
 
+class Paper(StrictModel):
+    """What a paper reports for this model, shown beside resnetc's own figures by `resnetc info --table`."""
+
+    source: str
+    layers: int | None = None
+    params: str | None = None  # as printed, e.g. "0.27M"
+    flops: str | None = None  # as printed, e.g. "3.6e9" (multiply-adds)
+
+
 class Spec(StrictModel):
     version: int
     name: Annotated[str, AfterValidator(_check_class_name)]
     doc: str = ""
     input: list[Annotated[int, Field(gt=0)]] = Field(min_length=3, max_length=3)  # channels, height, width
     num_classes: int = Field(gt=0)
-    shortcut: Literal["B", "C"] = "B"
-    projection: str = "projection"
+    shortcut: Literal["A", "B", "C"] = "B"
+    projection: str = "projection"  # the block that projects shortcuts (options B and C)
+    zero_pad: Literal["end", "split"] = "end"  # option A: zeros after the real channels, or split before/after
+    zero_init_residual: bool = False  # the last BatchNorm of each residual branch starts at gamma = 0
+    paper: Paper | None = None
     blocks: dict[str, BlockDef] = Field(default_factory=dict)
     layers: dict[str, Layer] = Field(min_length=1)
 
