@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="per-stage table: output shape, params, MACs")
     info.add_argument("specs", nargs="+", metavar="SPEC")
     info.add_argument("--json", action="store_true", help="one JSON object per spec")
+    info.add_argument("--table", action="store_true", help="one row per spec, with the paper's figures beside ours")
     info.add_argument("--error-format", choices=("text", "json"), default="text")
 
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
@@ -114,14 +115,22 @@ def _check(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from resnetc.api import info
-    from resnetc.ir.analysis import format_table
+    from resnetc.ir.analysis import format_family_table, format_table
+
+    summaries = []
 
     def one(spec: str) -> int:
         summary = info(spec)
-        print(json.dumps(summary.as_json()) if args.json else format_table(summary) + "\n")
+        if args.table:
+            summaries.append(summary)
+        else:
+            print(json.dumps(summary.as_json()) if args.json else format_table(summary) + "\n")
         return EXIT_OK
 
-    return _for_each_spec(args, one)
+    status = _for_each_spec(args, one)
+    if args.table and summaries:
+        print(format_family_table(summaries))
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -87,6 +87,34 @@ def _add(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
     return [helper.make_node("Add" if len(inputs) == 2 else "Sum", inputs, [output], name=node.name)]
 
 
+def _constant(name: str, values: list[int]) -> onnx.NodeProto:
+    """An int64 Constant node: shape operands are not weights, so they are not initializers."""
+    tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
+    return helper.make_node("Constant", [], [name], name=name, value=tensor)
+
+
+def _zero_pad(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
+    """Option A: Slice with steps (every stride-th pixel), then Pad the channel axis with zeros."""
+    a = node.attrs
+    nodes, source = [], inputs[0]
+    if a["stride"] != 1:
+        parts = {part: f"{node.name}.{part}" for part in ("starts", "ends", "axes", "steps")}
+        nodes += [
+            _constant(parts["starts"], [0, 0]),
+            _constant(parts["ends"], [2**62, 2**62]),
+            _constant(parts["axes"], [2, 3]),
+            _constant(parts["steps"], [a["stride"]] * 2),
+        ]
+        source = f"{node.name}.subsampled"
+        nodes.append(helper.make_node("Slice", [inputs[0], *parts.values()], [source], name=source))
+    extra = int(a["out"]) - int(a["in_channels"])
+    before = extra // 2 if a["position"] == "split" else 0
+    pads = f"{node.name}.pads"
+    nodes.append(_constant(pads, [0, before, 0, 0, 0, extra - before, 0, 0]))
+    nodes.append(helper.make_node("Pad", [source, pads], [output], name=node.name, mode="constant"))
+    return nodes
+
+
 def _simple(kind: str, **attributes: int) -> Emitter:
     def emit(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
         return [helper.make_node(kind, inputs, [output], name=node.name, **attributes)]
@@ -103,6 +131,8 @@ EMITTERS: dict[str, Emitter] = {
     "global_avg_pool": _simple("GlobalAveragePool"),
     "flatten": _simple("Flatten", axis=1),
     "linear": _linear,
+    "dropout": _simple("Identity"),  # the graph is for inference, where dropout passes values through
+    "zero_pad": _zero_pad,
     "add": _add,
 }
 

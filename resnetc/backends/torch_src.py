@@ -139,24 +139,37 @@ CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
 def _variables(scope: Scope) -> dict[str, str]:
     """The local variable that holds each value in `forward`.
 
-    The main path reuses one variable (`x` when the input is not needed again, else `out`);
-    a value that must survive while the main path moves on gets a variable named after its layer.
+    The main path reuses one variable (`x` when the input is not needed again, else `out`). A value
+    read by two layers (a branch point), or one that must wait while the main path moves on, gets a
+    variable named after its layer.
     """
-    last_use: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
     for index, layer in enumerate(scope.layers):
-        for name in layer.inputs:
-            last_use[name] = index
-    chain = "x" if sum(layer.inputs.count("input") for layer in scope.layers) == 1 else "out"
+        for name in dict.fromkeys(layer.inputs):
+            consumers.setdefault(name, []).append(index)
+    chain = "x" if len(consumers.get("input", [])) == 1 else "out"
     holder: dict[str, str] = {"input": "x"}
     occupant: str | None = "input" if chain == "x" else None  # the value now in the chain variable
     for index, layer in enumerate(scope.layers):
-        chain_free = occupant is None or last_use.get(occupant, -1) <= index
-        if chain_free and (layer.inputs[0] == occupant or occupant is None or last_use.get(occupant, -1) < index):
+        chain_free = occupant is None or max(consumers.get(occupant, [-1])) <= index
+        if chain_free and len(consumers.get(layer.name, [])) <= 1:
             holder[layer.name] = chain
             occupant = layer.name
         else:
             holder[layer.name] = layer.name
     return holder
+
+
+def _docstring(text: str) -> str:
+    """A class docstring's body: paragraphs wrapped and indented, unable to close its own quotes."""
+    text = text.replace("\\", "\\\\").replace('"""', "'''")
+    paragraphs = [" ".join(part.split()) for part in text.split("\n\n")]
+    wrapped = "\n\n".join(textwrap.fill(part, width=92) for part in paragraphs if part)
+    if "\n" not in wrapped:
+        return wrapped
+    return "\n".join("    " + line if line and index else line for index, line in enumerate(wrapped.split("\n"))) + (
+        "\n    "
+    )
 
 
 class _ClassWriter:
@@ -203,7 +216,7 @@ class _ClassWriter:
         return {
             "name": ZERO_PAD_CLASS,
             "base": "nn.Module",
-            "doc": f"Option A shortcut (He et al. 2015): every stride-th pixel, zero channels {where}.",
+            "doc": _docstring(f"Option A shortcut (He et al. 2015): every stride-th pixel, zero channels {where}."),
             "signature": "self, in_channels: int, *, out: int, stride: int = 1",
             "init": ["super().__init__()", "self.extra_channels = out - in_channels", "self.stride = stride"],
             "forward": [
@@ -223,21 +236,14 @@ class _ClassWriter:
         forward: list[str],
         extra: list[str] | None = None,
     ) -> dict[str, object]:
-        doc = textwrap.fill(
-            " ".join(scope.doc.split()) or f"The {scope.name} block.", width=92, subsequent_indent="    "
-        )
+        text = scope.doc or f"The {scope.name} block."
         if scope is self.model.body:
             c, h, w = self.model.input_shape
-            doc += (
-                f"\n\n    Built for inputs of shape (N, {c}, {h}, {w});"
-                " any size that survives the downsampling works.\n    "
-            )
-        elif "\n" in doc:
-            doc += "\n    "
+            text += f"\n\nBuilt for inputs of shape (N, {c}, {h}, {w}); any size that survives the downsampling works."
         return {
             "name": scope.class_name,
             "base": base,
-            "doc": doc.replace('"""', "'''").replace("\\", "\\\\"),
+            "doc": _docstring(text),
             "signature": signature,
             "init": init,
             "forward": forward,

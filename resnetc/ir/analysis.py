@@ -30,9 +30,12 @@ class Summary:
     params: int
     macs: int
     layers: int  # weighted layers on the main path, as He et al. count them
+    convolutions: int  # every convolution, shortcut projections included (WRN's depth counts these)
     input: Shape
     output: Shape
     rows: list[Row]
+    spec: str = ""  # the spec's file name
+    paper: dict[str, object] | None = None  # what a paper reports, from the spec's `paper:` entry
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -40,6 +43,7 @@ class Summary:
             "params": self.params,
             "macs": self.macs,
             "layers": self.layers,
+            "convolutions": self.convolutions,
             "input": list(self.input),
             "output": list(self.output),
             "stages": [
@@ -47,6 +51,7 @@ class Summary:
                 | ({"block": row.block, "repeat": row.repeat} if row.block else {})
                 for row in self.rows
             ],
+            "paper": self.paper,
         }
 
 
@@ -75,32 +80,59 @@ def summarize(model: Model) -> Summary:
         params=sum(node.param_count for node in nodes),
         macs=sum(node.macs for node in nodes),
         layers=sum(1 for node in nodes if node.op in WEIGHTED_LAYERS and not node.shortcut),
+        convolutions=sum(1 for node in nodes if node.op == "conv"),
         input=model.input_shape,
         output=model.graph.output_shape,
         rows=rows,
+        spec=model.file_name,
+        paper=model.paper,
     )
+
+
+def _align(lines: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    aligned = []
+    for line in lines:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(line)]
+        aligned.append("  ".join(cells).rstrip())
+    return aligned
 
 
 def format_table(summary: Summary) -> str:
+    """The per-layer table of one model, with totals."""
     header = ("layer", "op", "output", "params", "MACs")
-    lines = [header] + [
-        (row.name, row.kind, "x".join(map(str, row.output)), f"{row.params:,}", f"{row.macs:,}") for row in summary.rows
-    ]
-    lines.append(
-        (
-            "total",
-            f"{summary.layers} layers",
-            "x".join(map(str, summary.output)),
-            f"{summary.params:,}",
-            f"{summary.macs:,}",
-        )
+    rows = [(row.name, row.kind, _shape(row.output), f"{row.params:,}", f"{row.macs:,}") for row in summary.rows]
+    layers = f"{summary.layers} layers"
+    total = ("total", layers, _shape(summary.output), f"{summary.params:,}", f"{summary.macs:,}")
+    aligned = _align([header, *rows, total], right={3, 4})
+    rule = "-" * max(len(line) for line in aligned)
+    return "\n".join(
+        [f"{summary.name} (input {_shape(summary.input)})", aligned[0], rule, *aligned[1:-1], rule, aligned[-1]]
     )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    aligned = []
-    for index, line in enumerate(lines):
-        cells = [line[i].ljust(widths[i]) if i < 3 else line[i].rjust(widths[i]) for i in range(len(header))]
-        aligned.append("  ".join(cells).rstrip())
-        if index == 0 or index == len(lines) - 2:
-            aligned.append("  ".join("-" * width for width in widths))
-    input_shape = "x".join(map(str, summary.input))
-    return f"{summary.name} (input {input_shape})\n" + "\n".join(aligned)
+
+
+def _shape(shape: Shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def format_family_table(summaries: list[Summary]) -> str:
+    """One row per spec: depth, params and MACs, with the paper's figures beside them where it gives them."""
+    header = ("spec", "layers", "convs", "params", "GMACs", "paper layers", "paper params", "paper FLOPs", "source")
+    lines = [header]
+    for summary in summaries:
+        paper = summary.paper or {}
+        lines.append(
+            (
+                summary.spec.removesuffix(".yaml"),
+                str(summary.layers),
+                str(summary.convolutions),
+                f"{summary.params:,}",
+                f"{summary.macs / 1e9:.3f}",
+                str(paper.get("layers") or ""),
+                str(paper.get("params") or ""),
+                str(paper.get("flops") or ""),
+                str(paper.get("source") or ""),
+            )
+        )
+    aligned = _align(lines, right={1, 2, 3, 4, 5, 6, 7})
+    return "\n".join([aligned[0], "-" * max(len(line) for line in aligned), *aligned[1:]])

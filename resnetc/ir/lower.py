@@ -533,6 +533,7 @@ def lower(loaded: LoadedSpec) -> Model:
         projection=loaded.spec.projection,
         zero_pad=loaded.spec.zero_pad,
         zero_init_residual=loaded.spec.zero_init_residual,
+        paper=loaded.spec.paper.model_dump(exclude_none=True) if loaded.spec.paper else None,
         body=body,
         blocks=used,
         stages=instantiator.stages,
