@@ -141,3 +141,20 @@ def test_a_spec_can_override_a_library_block() -> None:
 def test_every_diagnostic_code_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     assert all(f"`{code}`" in readme for code in CODES)
+
+
+def test_json_schema_file_is_current_and_validates_every_shipped_spec() -> None:
+    """The schema the specs' modelines name is what the models give; shipped specs satisfy it."""
+    import json
+
+    import yaml
+
+    from resnetc.spec.schema import spec_schema_text
+
+    schema_file = ROOT / "resnetc" / "library" / "spec.schema.json"
+    assert schema_file.read_text() == spec_schema_text(), "regenerate resnetc/library/spec.schema.json"
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(schema_file.read_text())
+    for spec in sorted((ROOT / "specs").glob("*.yaml")):
+        assert spec.read_text().startswith("# yaml-language-server: $schema=../resnetc/library/spec.schema.json")
+        jsonschema.validate(yaml.safe_load(spec.read_text()), schema)
