@@ -42,6 +42,35 @@ def state_arrays(model) -> dict[str, np.ndarray]:
     return {key: value.detach().cpu().numpy() for key, value in model.state_dict().items()}
 
 
+def cpu_session(proto):
+    """An onnxruntime CPU session whose threads do not spin after a run: spinning threads starve
+    PyTorch's OpenMP threads in the same process on a small machine."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def model_from_spec(spec: Path, seed: int = 0):
+    """The spec's generated module, rendered in memory; its model with realistic BatchNorm, in eval mode."""
+    import resnetc
+
+    namespace: dict[str, object] = {}
+    exec(compile(resnetc.to_source(spec), f"{Path(spec).stem}.py", "exec"), namespace)
+    model = namespace[namespace["__all__"][0]]()  # type: ignore[index,operator]
+    randomize_batchnorm(model, seed)
+    return model.eval()
+
+
+def onnx_output(spec: Path, model, batch: np.ndarray) -> np.ndarray:
+    """onnxruntime's output for the ONNX graph of `spec` built from `model`'s own state_dict."""
+    import resnetc
+
+    proto = resnetc.to_onnx(spec, weights=state_arrays(model))
+    return cpu_session(proto).run(None, {"input": batch})[0]
+
+
 def assert_agree(onnx_out: np.ndarray, torch_out: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> None:
     """DESIGN.md's agreement: allclose with a scale-aware atol, and equal top-1 where the margin is clear."""
     scale = max(1.0, float(np.abs(torch_out).max()))

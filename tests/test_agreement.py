@@ -9,7 +9,14 @@ import torch
 
 import resnetc
 from resnetc.weights import save_safetensors
-from tests.conftest import SPEC_IDS, SPECS, assert_agree, generated_class, randomize_batchnorm, state_arrays
+from tests.conftest import (
+    SPEC_IDS,
+    SPECS,
+    assert_agree,
+    generated_class,
+    randomize_batchnorm,
+    state_arrays,
+)
 
 # Deep models at a reduced size keep the suite fast; the graph is the same at any size.
 SIZES = {"resnet101": 64, "resnet152": 64}

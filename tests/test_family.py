@@ -106,27 +106,18 @@ def test_option_a_shortcut_subsamples_and_appends_zero_channels() -> None:
 
 
 def test_split_zero_padding_agrees_across_backends(tmp_path) -> None:
-    import onnxruntime as ort
+    from tests.conftest import assert_agree, model_from_spec, onnx_output
 
-    from tests.conftest import assert_agree, state_arrays
-
-    text = _spec("resnet20").read_text().replace("zero_pad: end", "zero_pad: split")
     spec = tmp_path / "resnet20_split.yaml"
-    spec.write_text(text)
-    namespace: dict[str, object] = {}
-    exec(compile(resnetc.to_source(spec), "resnet20_split.py", "exec"), namespace)
-    model = namespace["ResNet20"]()
-    randomize_batchnorm(model, seed=8)
-    model.eval()
+    spec.write_text(_spec("resnet20").read_text().replace("zero_pad: end", "zero_pad: split"))
+    model = model_from_spec(spec, seed=8)
     shortcut = model.layer2[0].downsample(torch.ones(1, 16, 8, 8))
     assert torch.count_nonzero(shortcut[:, :8]) == 0 and torch.count_nonzero(shortcut[:, 24:]) == 0
     assert torch.all(shortcut[:, 8:24] == 1)
     batch = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(batch).numpy()
-    proto = resnetc.to_onnx(spec, weights=state_arrays(model))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert_agree(session.run(None, {"input": batch.numpy()})[0], expected)
+    assert_agree(onnx_output(spec, model, batch.numpy()), expected)
 
 
 def test_preact_projection_reads_the_preactivated_input() -> None:

@@ -98,21 +98,15 @@ def test_onnx_reference_evaluator_agrees_with_onnxruntime(tmp_path) -> None:
 def test_tiny_spec_with_every_op_agrees_with_its_generated_module(tmp_path) -> None:
     import torch
 
-    from tests.conftest import randomize_batchnorm, state_arrays
+    from tests.conftest import model_from_spec, onnx_output
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY_SPEC)
-    namespace: dict[str, object] = {}
-    exec(compile(resnetc.to_source(spec), "tiny.py", "exec"), namespace)
-    model = namespace["Tiny"]()
-    randomize_batchnorm(model, seed=7)
-    model.eval()
+    model = model_from_spec(spec, seed=7)
     batch = torch.randn(2, 3, 20, 20)
     with torch.no_grad():
         expected = model(batch).numpy()
-    proto = resnetc.to_onnx(spec, weights=state_arrays(model))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert_agree(session.run(None, {"input": batch.numpy()})[0], expected)
+    assert_agree(onnx_output(spec, model, batch.numpy()), expected)
 
 
 def test_onnx_path_never_imports_torch(tmp_path) -> None:
