@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from tests.conftest import (
     SPEC_IDS,
     SPECS,
     assert_agree,
+    cpu_session,
     generated_class,
     randomize_batchnorm,
     state_arrays,
@@ -20,10 +20,6 @@ from tests.conftest import (
 
 # Deep models at a reduced size keep the suite fast; the graph is the same at any size.
 SIZES = {"resnet101": 64, "resnet152": 64}
-
-
-def _session(proto) -> ort.InferenceSession:
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
@@ -40,7 +36,7 @@ def test_onnx_agrees_with_generated_module(spec, tmp_path) -> None:
     weights = tmp_path / "weights.safetensors"
     save_safetensors(state_arrays(model), weights)  # the file path a user would take
     proto = resnetc.to_onnx(spec, weights=weights)
-    actual = _session(proto).run(None, {"input": batch.numpy()})[0]
+    actual = cpu_session(proto).run(None, {"input": batch.numpy()})[0]
     assert actual.shape == expected.shape == (3, model.fc.out_features)
     assert_agree(actual, expected)
 
@@ -61,7 +57,7 @@ def test_agreement_at_other_sizes_and_batch_one() -> None:
     randomize_batchnorm(model, seed=3)
     model.eval()
     proto = resnetc.to_onnx("specs/resnet34.yaml", weights=state_arrays(model))
-    session = _session(proto)
+    session = cpu_session(proto)
     for shape in ((1, 3, 224, 224), (2, 3, 33, 47), (1, 3, 32, 32)):
         batch = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
         with torch.no_grad():
@@ -73,5 +69,5 @@ def test_seeded_weights_run_and_are_deterministic() -> None:
     first = resnetc.to_onnx("specs/resnet18.yaml")
     second = resnetc.to_onnx("specs/resnet18.yaml")
     assert first.SerializeToString() == second.SerializeToString()
-    output = _session(first).run(None, {"input": np.ones((1, 3, 64, 64), np.float32)})[0]
+    output = cpu_session(first).run(None, {"input": np.ones((1, 3, 64, 64), np.float32)})[0]
     assert output.shape == (1, 1000) and np.isfinite(output).all()
