@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+import unicodedata
 from collections.abc import Callable
 from math import isfinite
 
@@ -160,13 +161,20 @@ def _variables(scope: Scope) -> dict[str, str]:
     return holder
 
 
+def _inert(text: str) -> str:
+    """Text from a spec made safe inside a docstring: no control characters (NUL, escapes), no
+    backslashes that could form escapes, no quotes that could close the string."""
+    kept = "".join(" " if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") and c != "\n" else c for c in text)
+    return kept.replace("\\", "\\\\").replace('"""', "'''")
+
+
 def _docstring(text: str) -> str:
     """A class docstring's body: paragraphs wrapped and indented, unable to close its own quotes."""
-    text = text.replace("\\", "\\\\").replace('"""', "'''")
+    text = _inert(text)
     paragraphs = [" ".join(part.split()) for part in text.split("\n\n")]
     wrapped = "\n\n".join(textwrap.fill(part, width=92) for part in paragraphs if part)
     if "\n" not in wrapped:
-        return wrapped
+        return wrapped + " " if wrapped.endswith('"') else wrapped  # `..."` + `"""` would end the string early
     return "\n".join("    " + line if line and index else line for index, line in enumerate(wrapped.split("\n"))) + (
         "\n    "
     )
@@ -342,13 +350,53 @@ def render(model: Model) -> str:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    title = model.class_name + (f": {' '.join(model.doc.split())}" if model.doc else "")
+    title = model.class_name + (f": {' '.join(_inert(model.doc).split())}" if model.doc else "")
     source = environment.get_template(TEMPLATE).render(
-        title=title.replace('"""', "'''").replace("\\", "\\\\"),
+        title=title,
         file_name=model.file_name,
         sha256=model.sha256,
         exports=[model.class_name] + [scope.class_name for scope in blocks] + [c["name"] for c in helpers],
         classes=classes,
     )
-    ast.parse(source, filename=f"{model.stem}.py")
+    audit(source, f"{model.stem}.py")
     return source
+
+
+# What generated code may import, and the only dunder names it uses.
+_IMPORTS = {"__future__", "torch", "torch.nn.functional"}
+_DUNDERS = {"__init__", "__all__"}
+_FORBIDDEN_CALLS = {
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "open",
+    "getattr",
+    "setattr",
+    "delattr",
+    "globals",
+    "locals",
+    "vars",
+    "breakpoint",
+    "input",
+}
+
+
+def audit(source: str, filename: str) -> None:
+    """Parse the rendered module and walk it: only torch imports, no dynamic code, no dunder tricks.
+    A failure means a name or value slipped past validation: a bug, never written to disk."""
+    tree = ast.parse(source, filename=filename)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules = {node.module or ""}
+        else:
+            modules = set()
+        if modules - _IMPORTS:
+            raise RenderError(f"{filename}: generated code would import {sorted(modules - _IMPORTS)}")
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name is not None and name.startswith("__") and name not in _DUNDERS:
+            raise RenderError(f"{filename}: generated code would use {name!r}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FORBIDDEN_CALLS:
+            raise RenderError(f"{filename}: generated code would call {node.func.id}()")

@@ -69,6 +69,12 @@ class _StaticChecks:
     def _block_scope(self, name: str, located: Located) -> Scope:
         block: BlockDef = located.block
         origin = Origin(located.source, located.path)
+        if not (name.isascii() and name.isidentifier()):
+            self.fail(
+                located.source.key(located.path),
+                f"block name {name!r} is not a valid name: use ASCII letters, digits and _, not starting with a digit",
+                "E302",
+            )
         class_name = block.class_name or default_class_name(name)
         if (problem := class_name_problem(class_name)) is not None:
             self.fail(

@@ -74,8 +74,9 @@ _MODULE_ATTRIBUTES = frozenset(
 )
 # Layer names become attributes of a module and local variables of `forward`.
 RESERVED_LAYER_NAMES = _TEMPLATE_NAMES | _MODULE_ATTRIBUTES
-# Block parameters are only arguments of `__init__`: they may not shadow what `__init__` uses.
-RESERVED_PARAM_NAMES = _TEMPLATE_NAMES - {"x", "out", "input"}
+# Block parameters and lets are arguments and locals of `__init__`: they may not shadow what it uses
+# (and, to keep one rule for every name, not nn.Module's attributes either).
+RESERVED_PARAM_NAMES = (_TEMPLATE_NAMES - {"x", "out", "input"}) | _MODULE_ATTRIBUTES
 MAX_NAME_LENGTH = 64
 
 
