@@ -128,7 +128,7 @@ def compile_spec(
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
-    from resnetc.files import refresh_bytecode, write_atomic
+    from resnetc.files import refresh_bytecode, write_all_atomic
 
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
@@ -144,6 +144,7 @@ def compile_spec(
         built = build_onnx(model, weights, opset=opset, dtype=dtype)
         outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
         result.weights_origin = built.weights_origin
+    changed: dict[Path, bytes] = {}
     for path, data in outputs.items():
         current = path.read_bytes() if path.is_file() else None
         if current == data:
@@ -151,8 +152,10 @@ def compile_spec(
         elif check:
             result.differing.append(path)
         else:
-            write_atomic(path, data)
-            if path.suffix == ".py":
-                refresh_bytecode(path)
-            result.written.append(path)
+            changed[path] = data
+    write_all_atomic(changed)
+    for path in changed:
+        if path.suffix == ".py":
+            refresh_bytecode(path)
+        result.written.append(path)
     return result
