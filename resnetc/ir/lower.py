@@ -25,6 +25,7 @@ from resnetc.spec.yaml_source import SourceMap
 MODEL_PARAMS = ("num_classes", "in_channels")
 MAX_REPEAT = 10_000
 MAX_PARAMETERS = 4_000_000_000  # checked before any weight exists
+MAX_NODES = 200_000  # operations in the whole graph: bounds memory and time before anything is built
 _EXPRESSION_ATTRS = ("out", "kernel", "stride", "padding", "groups", "dilation")
 
 
@@ -443,6 +444,8 @@ class _Instantiator:
                 prefix,
                 "E404",
             )
+        if len(self.nodes) >= MAX_NODES:
+            raise self.fail(layer, None, f"the model would have more than {MAX_NODES:,} operations", prefix, "E404")
         self.nodes.append(node)
         self.shapes[name] = inferred.shape
         return name
