@@ -106,12 +106,12 @@ _SHADOWING_STEMS = {"torch", "__future__", "__init__"}
 def _module_name_problem(loaded: LoadedSpec) -> None:
     stem = loaded.stem
     usable = stem.isascii() and stem.isidentifier() and not keyword.iskeyword(stem) and stem not in _SHADOWING_STEMS
+    usable = usable and loaded.file_name in (f"{stem}.yaml", f"{stem}.yml")
     if not usable:
         raise SpecError.at(
             Location(loaded.source.path, 1, 1),
-            f"the spec's file name '{loaded.file_name}' must be a "
-            "valid Python module name (letters, digits and _; not a keyword or 'torch'), "
-            "since outputs are named after it",
+            f"the spec's file name '{loaded.file_name}' must be NAME.yaml, NAME a valid Python module name "
+            "(letters, digits and _; not a keyword or 'torch'), since outputs are named after it",
             "E110",
         )
 

@@ -12,7 +12,7 @@ import ast
 import textwrap
 import unicodedata
 from collections.abc import Callable
-from math import isfinite
+from math import isfinite, prod
 
 import jinja2
 
@@ -271,7 +271,7 @@ class _ClassWriter:
     def _members(self, scope: Scope) -> list[str]:
         lines = []
         for layer in scope.layers:
-            channels = scope.channels_in(layer)
+            channels = self._features(scope, layer) if layer.op == "linear" else scope.channels_in(layer)
             if self._is_member(scope, layer):
                 lines.append(f"self.{layer.name} = {MODULES[layer.op](layer, channels)}")
             elif layer.op == "stage":
@@ -279,6 +279,17 @@ class _ClassWriter:
             elif layer.op == "shortcut":
                 lines.append(self._shortcut(layer, channels, scope.channels_in(layer, -1)))
         return lines
+
+    def _features(self, scope: Scope, layer: LayerIR) -> Expr:
+        """A linear layer's input size: a flattened (C, H, W) map has C*H*W features (linear is top-level only)."""
+        source = layer.inputs[0]
+        shape = self.model.input_shape if source == "input" else self.model.body_shapes[source]
+        features, channels = prod(shape), scope.channels_in(layer)
+        if not expressions.names(channels):
+            return Const(features)
+        # The channels depend on `in_channels`: keep that dependence, times the spatial size.
+        per_channel = features // expressions.evaluate(channels, {"in_channels": self.model.input_shape[0]})
+        return channels if per_channel == 1 else BinOp("*", channels, Const(per_channel))
 
     def _shortcut(self, layer: LayerIR, channels: Expr, reshaped_channels: Expr) -> str:
         model = self.model
@@ -353,12 +364,12 @@ def render(model: Model) -> str:
     title = model.class_name + (f": {' '.join(_inert(model.doc).split())}" if model.doc else "")
     source = environment.get_template(TEMPLATE).render(
         title=title,
-        file_name=model.file_name,
+        file_name=_inert(model.file_name),
         sha256=model.sha256,
         exports=[model.class_name] + [scope.class_name for scope in blocks] + [c["name"] for c in helpers],
         classes=classes,
     )
-    audit(source, f"{model.stem}.py")
+    audit(source, "<generated module>")
     return source
 
 

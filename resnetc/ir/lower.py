@@ -227,6 +227,9 @@ class _StaticChecks:
             block_name, args = None, {}
             if layer.op == "shortcut" and top_level:
                 self.fail(origin.at("op"), "a shortcut belongs inside a block, next to the add it feeds", "E305")
+            if layer.op in ("flatten", "linear") and not top_level:
+                # A block's code is written once for every input size, and a flattened size depends on it.
+                self.fail(origin.at("op"), f"{layer.op} belongs at the top level of a spec, in the head", "E305")
             if layer.op == "stage":
                 if not top_level:
                     self.fail(origin.at("op"), "stages belong at the top level of a spec, not inside a block", "E305")

@@ -12,8 +12,27 @@ import keyword
 # Names the generated module binds itself, or that nn.Module defines: a layer called
 # `forward` or `training` would silently break the model.
 _TEMPLATE_NAMES = frozenset(
-    {"self", "x", "out", "torch", "nn", "F", "input", "in_channels", "num_classes", "super", "int", "range", "bool"}
+    {
+        "self",
+        "x",
+        "out",
+        "torch",
+        "nn",
+        "F",
+        "input",
+        "in_channels",
+        "num_classes",
+        "super",
+        "int",
+        "range",
+        "bool",
+        "init_weights",
+        "zero_init_residual",
+        "logits",
+    }  # logits: the ONNX graph's output
 )
+# Class names the generated module defines or imports itself.
+RESERVED_CLASS_NAMES = frozenset({"F", "ZeroPadShortcut"})
 _MODULE_ATTRIBUTES = frozenset(
     {
         "T_destination",
@@ -105,6 +124,8 @@ def class_name_problem(name: str) -> str | None:
         return f"{name!r} is not a valid class name: use ASCII letters, digits and _"
     if not name[0].isupper():
         return f"class name {name!r} must start with a capital letter"
+    if name in RESERVED_CLASS_NAMES:
+        return f"class name {name!r} is reserved (the generated module uses it)"
     return None
 
 

@@ -163,7 +163,8 @@ def load_spec_text(text: str, path: str = "<spec>") -> LoadedSpec:
     library, library_source = _library()
     blocks = {name: Located(block, library_source, ("blocks", name)) for name, block in library.blocks.items()}
     blocks.update({name: Located(block, source, ("blocks", name)) for name, block in spec.blocks.items()})
-    file_name = Path(path).name
+    # The file name reaches generated files (a docstring, ONNX metadata): keep it printable text.
+    file_name = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in Path(path).name)
     return LoadedSpec(
         spec=spec,
         source=source,

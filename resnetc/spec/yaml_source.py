@@ -126,6 +126,9 @@ class _Builder:
             self.fail(node.start_mark, f"custom YAML tags are not allowed: {tag}", "E104")
             return None
         if isinstance(node, yaml.ScalarNode):
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in node.value):  # from a "\\ud800" escape: not text
+                self.fail(node.start_mark, "a string holds a lone surrogate (an invalid \\u escape)", "E100")
+                return None
             return _scalar(node)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
