@@ -19,7 +19,10 @@ def test_installed_console_script_compiles_from_any_folder(tmp_path) -> None:
     shutil.copy(ROOT / "specs" / "resnet18.yaml", tmp_path / "resnet18.yaml")
     result = subprocess.run(
         [INSTALLED, "compile", "resnet18.yaml", "--target", "all", "--out", "out"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "resnet18.py").read_text() == (ROOT / "generated" / "resnet18.py").read_text()
