@@ -198,3 +198,29 @@ def test_run_provider_cuda_fails_loudly_without_a_gpu(resnet18_onnx, capsys) -> 
     assert main(["run", resnet18_onnx, "--provider", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "--provider cuda" in err and "libcuda" in err
+
+
+def test_truncated_int_and_hostile_weights_files_are_refused(tmp_path, capsys) -> None:
+    model = generated_class("resnet18")()
+    torch.save(model.state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    save_safetensors(state_arrays(model), tmp_path / "full.safetensors")
+    st = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(st[: len(st) // 2])
+    ints = {key: value.to(torch.int32) if key == "fc.weight" else value for key, value in model.state_dict().items()}
+    torch.save(ints, tmp_path / "ints.pt")
+    torch.save({"fc.weight": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled object, not a tensor
+    expected = {
+        "truncated.pt": "cannot read as a PyTorch state_dict",
+        "truncated.safetensors": "cannot read as safetensors",
+        "ints.pt": "fc.weight has dtype int32",
+        "module.pt": "not a plain state_dict",
+    }
+    for name, message in expected.items():
+        code = main(
+            ["compile", RESNET18, "--target", "onnx", "--weights", str(tmp_path / name), "--out", str(tmp_path / "out")]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "out").exists()
