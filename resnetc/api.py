@@ -14,7 +14,7 @@ Nothing here prints or exits; errors are `SpecError` (with locations) or `Weight
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -76,19 +76,36 @@ def _weights(model: Model, weights: WeightsLike, seed: int) -> tuple[Weights, st
 
 
 def build_onnx(
-    spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32", seed: int = 0
+    spec: SpecLike,
+    weights: WeightsLike = None,
+    *,
+    opset: int = 17,
+    dtype: str = "float32",
+    fold_bn: bool = False,
+    seed: int = 0,
 ) -> OnnxResult:
-    """The ONNX model and where its weights came from."""
+    """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
+    (exact in eval mode; the folded graph's initializers no longer match the state_dict)."""
     from resnetc.backends.onnx_graph import build
 
     model = lower(spec)
     arrays, origin = _weights(model, weights, seed)
+    if fold_bn:
+        from resnetc.ir.verify import verify
+        from resnetc.passes.fold_batchnorm import fold_batchnorm
+
+        graph, arrays, report = fold_batchnorm(model.graph, arrays)
+        verify(graph)
+        model = replace(model, graph=graph)
+        origin += f"; {report}"
     return OnnxResult(build(model, arrays, opset=opset, dtype=dtype), origin)
 
 
-def to_onnx(spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32") -> onnx.ModelProto:
+def to_onnx(
+    spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32", fold_bn: bool = False
+) -> onnx.ModelProto:
     """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None)."""
-    return build_onnx(spec, weights, opset=opset, dtype=dtype).proto
+    return build_onnx(spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn).proto
 
 
 @dataclass
@@ -124,6 +141,7 @@ def compile_spec(
     weights: WeightsLike = None,
     opset: int = 17,
     dtype: str = "float32",
+    fold_bn: bool = False,
     check: bool = False,
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
@@ -141,7 +159,7 @@ def compile_spec(
     if target in ("torch", "all"):
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
     if target in ("onnx", "all"):
-        built = build_onnx(model, weights, opset=opset, dtype=dtype)
+        built = build_onnx(model, weights, opset=opset, dtype=dtype, fold_bn=fold_bn)
         outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
         result.weights_origin = built.weights_origin
     changed: dict[Path, bytes] = {}

@@ -29,7 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--target", choices=("torch", "onnx", "all"), default="torch")
     compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
     compile_.add_argument("--opset", type=int, default=17)
-    compile_.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    compile_.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="ONNX weights and compute (inputs and outputs stay float32)",
+    )
+    compile_.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the ONNX graph's convolutions (its weights then differ from the state_dict)",
+    )
     compile_.add_argument(
         "--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)"
     )
@@ -83,6 +93,7 @@ def _compile(args: argparse.Namespace) -> int:
             weights=args.weights,
             opset=args.opset,
             dtype=args.dtype,
+            fold_bn=args.fold_bn,
             check=args.check,
         )
         if args.check:

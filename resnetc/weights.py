@@ -26,17 +26,18 @@ def initialise(graph: Graph, seed: int = 0) -> Weights:
     for node in graph.nodes:
         for key, shape in {**node.params, **node.buffers}.items():
             name = f"{node.name}.{key}"
+            # float32 from the start: a float64 draw would double the peak memory of a big model
             if node.op == "conv" and key == "weight":
                 fan_out = shape[0] * shape[2] * shape[3]
-                array = rng.normal(0.0, np.sqrt(2.0 / fan_out), size=shape)
+                array = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_out))
             elif node.op in ("conv", "linear"):
-                bound = 1.0 / np.sqrt(np.prod(node.params["weight"][1:]))
-                array = rng.uniform(-bound, bound, size=shape)
+                bound = np.float32(1.0 / np.sqrt(np.prod(node.params["weight"][1:])))
+                array = (rng.random(shape, dtype=np.float32) * 2 - 1) * bound
             elif key in ("weight", "running_var"):
-                array = np.ones(shape)
+                array = np.ones(shape, np.float32)
             else:
-                array = np.zeros(shape)
-            weights[name] = array.astype(np.float32)
+                array = np.zeros(shape, np.float32)
+            weights[name] = array
     return weights
 
 

@@ -224,3 +224,8 @@ def test_truncated_int_and_hostile_weights_files_are_refused(tmp_path, capsys) -
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, (name, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_fold_bn_says_what_it_changed(tmp_path, capsys) -> None:
+    assert main(["compile", RESNET18, "--target", "onnx", "--fold-bn", "--out", str(tmp_path)]) == 0
+    assert "fold_batchnorm: folded 20 BatchNorm layers" in capsys.readouterr().out

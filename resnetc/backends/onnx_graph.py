@@ -157,15 +157,11 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
     if dtype != "float32":
         nodes.append(helper.make_node("Cast", [last], [OUTPUT], name="cast_output", to=TensorProto.FLOAT))
     channels, _, _ = model.input_shape
-    initializers = [
-        numpy_helper.from_array(np.asarray(weights[key], dtype=numpy_type), name=key) for key in graph.tensors()
-    ]
     onnx_graph = helper.make_graph(
         nodes,
         model.class_name,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", channels, "H", "W"])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", model.num_classes])],
-        initializer=initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(
@@ -177,6 +173,9 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         # The newest IR version this opset needs, not the newest onnx knows (onnxruntime may refuse that).
         ir_version=helper.find_min_ir_version_for(opsets),
     )
+    # Weights go straight into the finished model: make_graph and make_model would each copy them.
+    for key in graph.tensors():
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(weights[key], dtype=numpy_type), name=key))
     helper.set_model_props(
         proto,
         {
