@@ -10,10 +10,17 @@ The Python API mirrors the CLI:
 - `compile_spec(spec, out_dir="generated", target="torch"|"onnx"|"all")`: write the outputs.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from resnetc.api import build_onnx, compile_spec, info, load, lower, to_onnx, to_source
+from typing import TYPE_CHECKING, Any
+
 from resnetc.errors import ResnetcError, SpecError, WeightsError
+
+if TYPE_CHECKING:
+    from resnetc.api import build_onnx, compile_spec, info, load, lower, to_onnx, to_source
+
+__version__ = "0.1.0"
+_API = ("build_onnx", "compile_spec", "info", "load", "lower", "to_onnx", "to_source")
 
 __all__ = [
     "ResnetcError",
@@ -27,3 +34,12 @@ __all__ = [
     "to_onnx",
     "to_source",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The API (pydantic, yaml) is imported on first use, so that `resnetc --help` starts fast.
+    if name in _API:
+        from resnetc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'resnetc' has no attribute {name!r}")

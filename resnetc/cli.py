@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=1)
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
+    run.add_argument("--no-tf32", action="store_true", help="CUDA: no TF32 in fp32 convolutions (exact fp32)")
+    run.add_argument(
+        "--conv-algo",
+        choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        default="EXHAUSTIVE",
+        help="CUDA: how cuDNN picks convolution algorithms",
+    )
     return parser
 
 
@@ -149,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     from resnetc.runtime.session import create_session, infer, median_latency
 
     model = load_model_bytes(Path(args.model))
-    session = create_session(model, args.provider)
+    session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
     batch = make_batch(session, args.input, args.batch)
     logits = infer(session, batch)
     latency = median_latency(session, batch, repeats=max(1, args.repeats))

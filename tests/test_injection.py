@@ -12,6 +12,7 @@ import pytest
 
 import resnetc
 from resnetc.errors import SpecError
+from resnetc.spec.load import load_spec_text
 from tests.conftest import ROOT
 
 PAYLOADS = [
@@ -99,7 +100,7 @@ def _spec_text(field: str, payload: str) -> str:
 
 
 def test_the_safe_spec_compiles() -> None:
-    resnetc.lower(resnetc.spec.load_spec_text(BASE.format(**SAFE), "net.yaml"))
+    resnetc.lower(load_spec_text(BASE.format(**SAFE), "net.yaml"))
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
@@ -137,7 +138,7 @@ def _assert_only_in_strings(source: str, payload: str) -> None:
         for token in tokenize.generate_tokens(io.StringIO(source).readline)
         if token.type not in (tokenize.STRING, tokenize.COMMENT)
     }
-    clean = resnetc.to_source(resnetc.spec.load_spec_text(BASE.format(**SAFE), "net.yaml"))
+    clean = resnetc.to_source(load_spec_text(BASE.format(**SAFE), "net.yaml"))
     clean_tokens = {
         token.string
         for token in tokenize.generate_tokens(io.StringIO(clean).readline)

@@ -1,5 +1,5 @@
 """onnxruntime sessions: honest provider choice, inference and latency measurement."""
 
-from resnetc.runtime.session import create_session, cuda_driver_present, infer, median_latency
+from resnetc.runtime.session import BoundRunner, create_session, cuda_driver_present, infer, median_latency
 
-__all__ = ["create_session", "cuda_driver_present", "infer", "median_latency"]
+__all__ = ["BoundRunner", "create_session", "cuda_driver_present", "infer", "median_latency"]

@@ -1,0 +1,54 @@
+"""The baseline a user would run instead of `resnetc compile --target onnx`: build the generated
+PyTorch module and export it with torch.onnx.export. Timed as a whole process by bench.py.
+
+    python benchmarks/export_baseline.py resnet50 dynamo|legacy OUT.onnx
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    stem, exporter, out = sys.argv[1:4]
+    module = importlib.import_module(f"generated.{stem}")
+    model = getattr(module, module.__all__[0])().eval()
+    sample = torch.randn(2, 3, 224, 224)  # batch 2, or the exporter specialises the batch dimension
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dims = {0: torch.export.Dim("N"), 2: torch.export.Dim("H", min=32), 3: torch.export.Dim("W", min=32)}
+            torch.onnx.export(
+                model,
+                (sample,),
+                out,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=18,
+                dynamo=True,
+                dynamic_shapes={"x": dims},
+                verbose=False,
+            )
+        else:
+            axes = {"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
+            torch.onnx.export(
+                model,
+                (sample,),
+                out,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes=axes,
+            )
+
+
+if __name__ == "__main__":
+    main()
