@@ -243,6 +243,7 @@ def cpu_section(repeats: int) -> list[Row]:
                 "ms",
                 "median ratio <= 1.00",
                 ratio <= 1.0,
+                ratio,
             )
             rows.append(row)
             gflops = 2 * macs * batch / statistics.median(ours_times) / 1e9
@@ -269,6 +270,7 @@ def cpu_section(repeats: int) -> list[Row]:
                     "ms",
                     "ratio ~ 1.0",
                     0.95 <= ratio <= 1.05,
+                    ratio,
                 )
             )
     return rows

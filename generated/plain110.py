@@ -28,10 +28,10 @@ class PlainBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.relu(x)
+        x = F.relu(x, inplace=True)
         x = self.conv2(x)
         x = self.bn2(x)
-        x = F.relu(x)
+        x = F.relu(x, inplace=True)
         return x
 
 
@@ -60,7 +60,7 @@ class Plain110(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 16, 32, 32)
         x = self.bn1(x)  # (N, 16, 32, 32)
-        x = F.relu(x)  # (N, 16, 32, 32)
+        x = F.relu(x, inplace=True)  # (N, 16, 32, 32)
         x = self.layer1(x)  # (N, 16, 32, 32)
         x = self.layer2(x)  # (N, 32, 16, 16)
         x = self.layer3(x)  # (N, 64, 8, 8)

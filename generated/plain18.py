@@ -28,10 +28,10 @@ class PlainBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.relu(x)
+        x = F.relu(x, inplace=True)
         x = self.conv2(x)
         x = self.bn2(x)
-        x = F.relu(x)
+        x = F.relu(x, inplace=True)
         return x
 
 
@@ -64,7 +64,7 @@ class Plain18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
         x = self.bn1(x)  # (N, 64, 112, 112)
-        x = F.relu(x)  # (N, 64, 112, 112)
+        x = F.relu(x, inplace=True)  # (N, 64, 112, 112)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 64, 56, 56)
         x = self.layer2(x)  # (N, 128, 28, 28)

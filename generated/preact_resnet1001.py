@@ -43,13 +43,13 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(x)
-        relu1 = F.relu(out)
+        relu1 = F.relu(out, inplace=True)
         out = self.conv1(relu1)
         out = self.bn2(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = self.conv2(out)
         out = self.bn3(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(relu1)
         out = out + shortcut
@@ -87,7 +87,7 @@ class PreActResNet1001(nn.Module):
         x = self.layer2(x)  # (N, 128, 16, 16)
         x = self.layer3(x)  # (N, 256, 8, 8)
         x = self.bn(x)  # (N, 256, 8, 8)
-        x = F.relu(x)  # (N, 256, 8, 8)
+        x = F.relu(x, inplace=True)  # (N, 256, 8, 8)
         x = F.adaptive_avg_pool2d(x, 1)  # (N, 256, 1, 1)
         x = torch.flatten(x, 1)  # (N, 256)
         x = self.fc(x)  # (N, 10)

@@ -42,15 +42,15 @@ class BottleneckV1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.bn1(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = self.conv2(out)
         out = self.bn2(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = self.conv3(out)
         out = self.bn3(out)
         downsample = x if self.downsample is None else self.downsample(x)
         out = out + downsample
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         return out
 
 
@@ -87,7 +87,7 @@ class ResNet101V1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
         x = self.bn1(x)  # (N, 64, 112, 112)
-        x = F.relu(x)  # (N, 64, 112, 112)
+        x = F.relu(x, inplace=True)  # (N, 64, 112, 112)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 256, 56, 56)
         x = self.layer2(x)  # (N, 512, 28, 28)

@@ -43,12 +43,12 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.bn1(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = self.conv2(out)
         out = self.bn2(out)
         downsample = x if self.downsample is None else self.downsample(x)
         out = out + downsample
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         return out
 
 
@@ -77,7 +77,7 @@ class ResNet32(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 16, 32, 32)
         x = self.bn1(x)  # (N, 16, 32, 32)
-        x = F.relu(x)  # (N, 16, 32, 32)
+        x = F.relu(x, inplace=True)  # (N, 16, 32, 32)
         x = self.layer1(x)  # (N, 16, 32, 32)
         x = self.layer2(x)  # (N, 32, 16, 16)
         x = self.layer3(x)  # (N, 64, 8, 8)

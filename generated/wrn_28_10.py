@@ -40,10 +40,10 @@ class WideBasic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(x)
-        relu1 = F.relu(out)
+        relu1 = F.relu(out, inplace=True)
         out = self.conv1(relu1)
         out = self.bn2(out)
-        out = F.relu(out)
+        out = F.relu(out, inplace=True)
         out = F.dropout(out, p=0.3, training=self.training)
         out = self.conv2(out)
         shortcut = x if self.shortcut is None else self.shortcut(relu1)
@@ -83,7 +83,7 @@ class WideResNet28_10(nn.Module):
         x = self.layer2(x)  # (N, 320, 16, 16)
         x = self.layer3(x)  # (N, 640, 8, 8)
         x = self.bn(x)  # (N, 640, 8, 8)
-        x = F.relu(x)  # (N, 640, 8, 8)
+        x = F.relu(x, inplace=True)  # (N, 640, 8, 8)
         x = F.adaptive_avg_pool2d(x, 1)  # (N, 640, 1, 1)
         x = torch.flatten(x, 1)  # (N, 640)
         x = self.fc(x)  # (N, 10)

@@ -7,7 +7,10 @@ The Python API mirrors the CLI:
 - `info(spec)`: parameters, MACs, depth, per-stage table (`.as_json()` as `resnetc info --json`);
 - `to_source(spec)`: the generated PyTorch module's text;
 - `to_onnx(spec, weights=None, opset=17)`: an `onnx.ModelProto` (weights: a file, arrays, or seeded);
-- `compile_spec(spec, out_dir="generated", target="torch"|"onnx"|"all")`: write the outputs.
+- `compile_spec(spec, out_dir="generated", target="torch"|"onnx"|"all")`: write the outputs;
+- `build(spec, **overrides)`: the model as a torch.nn.Module, in memory, from the same source;
+- `override(spec, num_classes=, in_channels=, input_size=)`: the spec with those replaced (every
+  function above takes the same keyword overrides).
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ from typing import TYPE_CHECKING, Any
 from resnetc.errors import ResnetcError, SpecError, WeightsError
 
 if TYPE_CHECKING:
-    from resnetc.api import build_onnx, compile_spec, info, load, lower, to_onnx, to_source
+    from resnetc.api import build, build_onnx, compile_spec, info, load, lower, override, to_onnx, to_source
 
 __version__ = "0.1.0"
-_API = ("build_onnx", "compile_spec", "info", "load", "lower", "to_onnx", "to_source")
+_API = ("build", "build_onnx", "compile_spec", "info", "load", "lower", "override", "to_onnx", "to_source")
 
 __all__ = [
     "ResnetcError",
     "SpecError",
     "WeightsError",
+    "build",
     "build_onnx",
     "compile_spec",
     "info",
     "load",
     "lower",
+    "override",
     "to_onnx",
     "to_source",
 ]

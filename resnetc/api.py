@@ -26,6 +26,7 @@ from resnetc.spec.load import LoadedSpec, load_spec
 
 if TYPE_CHECKING:
     import onnx
+    import torch
 
     from resnetc.weights import Weights
 
@@ -40,23 +41,70 @@ def load(spec: str | Path) -> LoadedSpec:
     return load_spec(spec)
 
 
-def lower(spec: SpecLike) -> Model:
-    """A spec file (or loaded spec) lowered to the IR, shapes inferred and checked."""
+def override(
+    spec: str | Path | LoadedSpec,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> LoadedSpec:
+    """The spec with its class count, input channels or input size (height, width) replaced. The same
+    overrides as the CLI's --num-classes, --in-channels and --input-size."""
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    given = {"num_classes": num_classes, "in_channels": in_channels}
+    given |= {"height": input_size[0], "width": input_size[1]} if input_size is not None else {}
+    for name, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    channels, height, width = loaded.spec.input
+    update = {
+        "num_classes": num_classes or loaded.spec.num_classes,
+        "input": [in_channels or channels, *(input_size or (height, width))],
+    }
+    return replace(loaded, spec=loaded.spec.model_copy(update=update))
+
+
+def _loaded(spec: SpecLike, overrides: dict[str, object]) -> LoadedSpec | Model:
     if isinstance(spec, Model):
+        if any(value is not None for value in overrides.values()):
+            raise UsageError("overrides apply to a spec, not to an already lowered model")
         return spec
-    return _lower(spec if isinstance(spec, LoadedSpec) else load_spec(spec))
+    return override(spec, **overrides)  # type: ignore[arg-type]
 
 
-def info(spec: SpecLike) -> Summary:
+def lower(spec: SpecLike, **overrides: object) -> Model:
+    """A spec file (or loaded spec) lowered to the IR, shapes inferred and checked."""
+    loaded = _loaded(spec, overrides)
+    return loaded if isinstance(loaded, Model) else _lower(loaded)
+
+
+def info(spec: SpecLike, **overrides: object) -> Summary:
     """Parameters, MACs, depth and the per-stage table."""
-    return summarize(lower(spec))
+    return summarize(lower(spec, **overrides))
 
 
-def to_source(spec: SpecLike) -> str:
+def to_source(spec: SpecLike, **overrides: object) -> str:
     """The generated PyTorch module's source text."""
     from resnetc.backends.torch_src import render
 
-    return render(lower(spec))
+    return render(lower(spec, **overrides))
+
+
+def build(spec: SpecLike, **overrides: object) -> torch.nn.Module:
+    """The spec's model, built in memory from the same source `compile` writes (so the two never
+    drift), without touching generated/. Overrides: num_classes, in_channels, input_size."""
+    import importlib.util
+    import tempfile
+
+    model = lower(spec, **overrides)
+    with tempfile.TemporaryDirectory(prefix="resnetc-build-") as folder:
+        path = Path(folder) / f"{model.stem}.py"
+        path.write_text(to_source(model), encoding="utf-8")
+        module_spec = importlib.util.spec_from_file_location(f"resnetc_built.{model.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # our own rendered, audited source
+    return getattr(module, module.__all__[0])()
 
 
 @dataclass(frozen=True)
@@ -83,12 +131,13 @@ def build_onnx(
     dtype: str = "float32",
     fold_bn: bool = False,
     seed: int = 0,
+    **overrides: object,
 ) -> OnnxResult:
     """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
     (exact in eval mode; the folded graph's initializers no longer match the state_dict)."""
     from resnetc.backends.onnx_graph import build
 
-    model = lower(spec)
+    model = lower(spec, **overrides)
     arrays, origin = _weights(model, weights, seed)
     if fold_bn:
         from resnetc.ir.verify import verify
@@ -102,10 +151,17 @@ def build_onnx(
 
 
 def to_onnx(
-    spec: SpecLike, weights: WeightsLike = None, *, opset: int = 17, dtype: str = "float32", fold_bn: bool = False
+    spec: SpecLike,
+    weights: WeightsLike = None,
+    *,
+    opset: int = 17,
+    dtype: str = "float32",
+    fold_bn: bool = False,
+    **overrides: object,
 ) -> onnx.ModelProto:
-    """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None)."""
-    return build_onnx(spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn).proto
+    """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None).
+    Overrides: num_classes, in_channels, input_size."""
+    return build_onnx(spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, **overrides).proto
 
 
 @dataclass
@@ -143,6 +199,7 @@ def compile_spec(
     dtype: str = "float32",
     fold_bn: bool = False,
     check: bool = False,
+    **overrides: object,
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
@@ -150,7 +207,7 @@ def compile_spec(
 
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
-    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    loaded = override(spec, **overrides)  # type: ignore[arg-type]
     _module_name_problem(loaded)
     model = lower(loaded)
     out_dir = Path(out_dir)

@@ -45,15 +45,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--error-format", choices=("text", "json"), default="text")
 
+    _add_overrides(compile_)
+
     check = commands.add_parser("check", help="validate specs and infer shapes; one line per spec")
     check.add_argument("specs", nargs="+", metavar="SPEC")
     check.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(check)
 
     info = commands.add_parser("info", help="per-stage table: output shape, params, MACs")
     info.add_argument("specs", nargs="+", metavar="SPEC")
     info.add_argument("--json", action="store_true", help="one JSON object per spec")
     info.add_argument("--table", action="store_true", help="one row per spec, with the paper's figures beside ours")
     info.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(info)
+
+    verify = commands.add_parser("verify", help="build both backends from the same weights and compare them")
+    verify.add_argument("specs", nargs="+", metavar="SPEC")
+    verify.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file (default: seeded)")
+    verify.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    verify.add_argument("--batch", type=int, default=8)
+    verify.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(verify)
+
+    graph = commands.add_parser("graph", help="draw stages and blocks with the tensor shape on every edge")
+    graph.add_argument("specs", nargs="+", metavar="SPEC")
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(graph)
+
+    commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
 
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
     run.add_argument("model", metavar="MODEL.onnx")
@@ -69,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
         help="CUDA: how cuDNN picks convolution algorithms",
     )
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    parser.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="replace the spec's input size")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    size = tuple(args.input_size) if args.input_size else None
+    return {"num_classes": args.num_classes, "in_channels": args.in_channels, "input_size": size}
 
 
 def _report(error: SpecError, error_format: str) -> None:
@@ -102,6 +135,7 @@ def _compile(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             fold_bn=args.fold_bn,
             check=args.check,
+            **_overrides(args),
         )
         if args.check:
             for path in result.differing:
@@ -120,7 +154,7 @@ def _check(args: argparse.Namespace) -> int:
     from resnetc.api import info
 
     def one(spec: str) -> int:
-        summary = info(spec)
+        summary = info(spec, **_overrides(args))
         output = "x".join(map(str, summary.output))
         print(
             f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
@@ -138,7 +172,7 @@ def _info(args: argparse.Namespace) -> int:
     summaries = []
 
     def one(spec: str) -> int:
-        summary = info(spec)
+        summary = info(spec, **_overrides(args))
         if args.table:
             summaries.append(summary)
         else:
@@ -168,7 +202,51 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"compile": _compile, "check": _check, "info": _info, "run": _run}
+def _verify(args: argparse.Namespace) -> int:
+    from resnetc.verify import verify
+
+    def one(spec: str) -> int:
+        result = verify(spec, args.weights, args.provider, args.batch, **_overrides(args))
+        shape = "x".join(map(str, result.batch_shape))
+        print(f"{spec}: PyTorch ({result.torch_device}) vs onnxruntime ({', '.join(result.providers)}), batch {shape}")
+        print(f"  weights: {result.weights}")
+        print(f"  max |diff| {result.max_abs:.3g} (output scale {result.scale:.3g}), max relative {result.max_rel:.3g}")
+        print(f"  top-1 agreement: {result.top1_agree}/{result.batch}")
+        verdict = "within" if result.within else "OUTSIDE"
+        print(f"  {verdict} rtol {result.rtol:g}, atol {result.atol:g} x max(1, scale)")
+        return EXIT_OK if result.within else EXIT_DIFFERENT
+
+    return _for_each_spec(args, one)
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from resnetc.api import lower
+    from resnetc.ir.printer import dot, mermaid
+
+    def one(spec: str) -> int:
+        model = lower(spec, **_overrides(args))
+        print(mermaid(model) if args.format == "mermaid" else dot(model), end="")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from resnetc.spec.schema import spec_schema_text
+
+    print(spec_schema_text(), end="")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "compile": _compile,
+    "check": _check,
+    "info": _info,
+    "verify": _verify,
+    "graph": _graph,
+    "schema": _schema,
+    "run": _run,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,6 +134,8 @@ EMITTERS: dict[str, Emitter] = {
     "dropout": _simple("Identity"),  # the graph is for inference, where dropout passes values through
     "zero_pad": _zero_pad,
     "add": _add,
+    "mul": _simple("Mul"),
+    "sigmoid": _simple("Sigmoid"),
 }
 
 

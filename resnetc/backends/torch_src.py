@@ -119,6 +119,7 @@ MODULES: dict[str, Callable[[LayerIR, Expr], str]] = {
     "batchnorm": _batchnorm,
     "linear": _linear,
     "relu": lambda layer, channels: "nn.ReLU()",
+    "sigmoid": lambda layer, channels: "nn.Sigmoid()",
     "maxpool": lambda layer, channels: f"nn.MaxPool2d({_pool_options(layer)})",
     "avgpool": lambda layer, channels: f"nn.AvgPool2d({_pool_options(layer)})",
     "global_avg_pool": lambda layer, channels: "nn.AdaptiveAvgPool2d(1)",
@@ -134,6 +135,8 @@ CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
     "flatten": lambda layer, args: f"torch.flatten({args[0]}, 1)",
     "dropout": lambda layer, args: f"F.dropout({args[0]}, p={_literal(layer.attrs['p'])}, training=self.training)",
     "add": lambda layer, args: " + ".join(args),
+    "mul": lambda layer, args: " * ".join(args),
+    "sigmoid": lambda layer, args: f"torch.sigmoid({args[0]})",
 }
 
 
@@ -324,6 +327,14 @@ class _ClassWriter:
                 arguments.append(f"{name}={_literal(value)}")
         return f"{block.class_name}({', '.join(arguments)})"
 
+    @staticmethod
+    def _may_overwrite(scope: Scope, layer: LayerIR) -> bool:
+        """An op may work in place when its input is this scope's own value (never the caller's tensor)
+        and nothing else reads it."""
+        source = layer.inputs[0]
+        readers = sum(other.inputs.count(source) for other in scope.layers)
+        return source != "input" and readers == 1
+
     def _forward(self, scope: Scope, shapes: dict[str, tuple[int, ...]]) -> list[str]:
         holder = _variables(scope)
         lines = []
@@ -337,6 +348,8 @@ class _ClassWriter:
                     value = f"{args[0]} if self.{layer.name} is None else {value}"
             else:
                 value = CALLS[layer.op](layer, args)
+                if layer.op == "relu" and self._may_overwrite(scope, layer):
+                    value = f"F.relu({args[0]}, inplace=True)"  # as torchvision does: no new tensor
             line = f"{holder[layer.name]} = {value}"
             if layer.name in shapes:
                 line += f"  # (N, {', '.join(str(size) for size in shapes[layer.name])})"

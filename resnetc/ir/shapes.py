@@ -105,7 +105,7 @@ def batchnorm(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     )
 
 
-def relu(attrs: Attrs, shapes: list[Shape]) -> Inferred:
+def elementwise(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     return Inferred(shape=shapes[0], attrs={})
 
 
@@ -172,6 +172,15 @@ def zero_pad(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     )
 
 
+def mul(attrs: Attrs, shapes: list[Shape]) -> Inferred:
+    """Element-wise, with a (C, 1, 1) operand broadcast over the other's height and width."""
+    first, second = shapes
+    gate, full = (first, second) if first[1:] == (1, 1) and len(first) == 3 else (second, first)
+    if len(full) != 3 or len(gate) != 3 or gate[0] != full[0] or gate[1:] not in ((1, 1), full[1:]):
+        raise ShapeError(f"shape mismatch at mul: the inputs have shapes {first}, {second}", "from")
+    return Inferred(shape=full, attrs={})
+
+
 def add(attrs: Attrs, shapes: list[Shape]) -> Inferred:
     if any(shape != shapes[0] for shape in shapes[1:]):
         described = ", ".join(str(shape) for shape in shapes)
@@ -182,7 +191,8 @@ def add(attrs: Attrs, shapes: list[Shape]) -> Inferred:
 RULES: dict[str, Callable[[Attrs, list[Shape]], Inferred]] = {
     "conv": conv,
     "batchnorm": batchnorm,
-    "relu": relu,
+    "relu": elementwise,
+    "sigmoid": elementwise,
     "maxpool": maxpool,
     "avgpool": avgpool,
     "global_avg_pool": global_avg_pool,
@@ -191,4 +201,5 @@ RULES: dict[str, Callable[[Attrs, list[Shape]], Inferred]] = {
     "dropout": dropout,
     "zero_pad": zero_pad,
     "add": add,
+    "mul": mul,
 }

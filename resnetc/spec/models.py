@@ -131,6 +131,17 @@ class Add(StrictModel):
     from_: list[Reference] = Field(alias="from", min_length=2)
 
 
+class Sigmoid(LayerBase):
+    op: Literal["sigmoid"]
+
+
+class Mul(StrictModel):
+    """Element-wise product of two values; a (C, 1, 1) gate scales a (C, H, W) map channel by channel."""
+
+    op: Literal["mul"]
+    from_: list[Reference] = Field(alias="from", min_length=2, max_length=2)
+
+
 class Dropout(LayerBase):
     op: Literal["dropout"]
     p: float = Field(default=0.5, ge=0.0, lt=1.0)
@@ -165,7 +176,20 @@ class Stage(StrictModel):
 
 
 Layer = Annotated[
-    Conv | BatchNorm | ReLU | MaxPool | AvgPool | GlobalAvgPool | Flatten | Linear | Dropout | Add | Shortcut | Stage,
+    Conv
+    | BatchNorm
+    | ReLU
+    | Sigmoid
+    | MaxPool
+    | AvgPool
+    | GlobalAvgPool
+    | Flatten
+    | Linear
+    | Dropout
+    | Add
+    | Mul
+    | Shortcut
+    | Stage,
     Field(discriminator="op"),
 ]
 
@@ -173,6 +197,7 @@ OPS = (
     "conv",
     "batchnorm",
     "relu",
+    "sigmoid",
     "maxpool",
     "avgpool",
     "global_avg_pool",
@@ -180,6 +205,7 @@ OPS = (
     "linear",
     "dropout",
     "add",
+    "mul",
     "shortcut",
     "stage",
 )

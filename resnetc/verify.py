@@ -1,0 +1,93 @@
+"""`resnetc verify`: both backends on the same weights, and the agreement a user can trust for a spec.
+
+The PyTorch model is built in memory from the spec (the code `compile` writes); the ONNX model from
+the same weights: a weights file, or the model's own initialisation with BatchNorm statistics drawn
+from a seeded generator so that BatchNorm is really exercised. Tolerances are DESIGN.md's: on the
+CPU rtol 1e-4, atol 1e-4 x scale; on a GPU (TF32 off on both sides) rtol 1e-3, atol 1e-3 x scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Agreement:
+    providers: list[str]
+    torch_device: str
+    batch_shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float  # max |onnx - torch| / max |torch|
+    scale: float
+    rtol: float
+    atol: float
+    top1_agree: int
+    weights: str
+
+    @property
+    def within(self) -> bool:
+        return self.max_abs <= self.atol * max(1.0, self.scale) + self.rtol * self.scale
+
+    @property
+    def batch(self) -> int:
+        return self.batch_shape[0]
+
+
+def verify(
+    spec: str | Path,
+    weights: str | Path | None = None,
+    provider: str = "auto",
+    batch: int = 8,
+    seed: int = 0,
+    **overrides: object,
+) -> Agreement:
+    import torch
+
+    import resnetc
+    from resnetc.runtime import BoundRunner, create_session
+    from resnetc.weights import match_weights, read_weights
+
+    model = resnetc.build(spec, **overrides)
+    ir = resnetc.lower(spec, **overrides)
+    if weights is not None:
+        arrays = match_weights(ir.graph, read_weights(weights), f"weights in {weights}")
+        model.load_state_dict({key: torch.from_numpy(value) for key, value in arrays.items()}, strict=False)
+        origin = str(weights)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, torch.nn.BatchNorm2d):
+                    layer.running_mean.copy_(torch.rand(layer.num_features, generator=generator) * 0.4 - 0.2)
+                    layer.running_var.copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
+        origin = f"the model's own initialisation, BatchNorm statistics from seed {seed}"
+    model.eval()
+    state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
+    session = create_session(resnetc.to_onnx(ir, weights=state).SerializeToString(), provider, use_tf32=False)
+    on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
+    inputs = np.random.default_rng(seed).standard_normal((batch, *ir.input_shape), dtype=np.float32)
+    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        expected = model.to(device)(torch.from_numpy(inputs).to(device)).cpu().numpy()
+    runner = BoundRunner(session, inputs)
+    runner.run()
+    actual = runner.output()
+    difference = np.abs(actual - expected)
+    scale = float(np.abs(expected).max())
+    tolerance = 1e-3 if on_gpu else 1e-4
+    return Agreement(
+        providers=session.get_providers(),
+        torch_device=device,
+        batch_shape=inputs.shape,
+        max_abs=float(difference.max()),
+        max_rel=float(difference.max() / scale) if scale else 0.0,
+        scale=scale,
+        rtol=tolerance,
+        atol=tolerance,
+        top1_agree=int((actual.argmax(1) == expected.argmax(1)).sum()),
+        weights=origin,
+    )
