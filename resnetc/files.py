@@ -49,10 +49,6 @@ def write_all_atomic(outputs: dict[Path, bytes]) -> None:
                 os.unlink(temporary)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    write_all_atomic({path: data})
-
-
 def refresh_bytecode(path: Path) -> None:
     """Recompile `path`'s cached bytecode, checked by hash, so the next import sees the new source."""
     with contextlib.suppress(OSError, py_compile.PyCompileError):

@@ -188,8 +188,3 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         },
     )
     return proto
-
-
-def check(proto: onnx.ModelProto) -> None:
-    """The full ONNX checker, with shape inference (slow for big models: tests run it, compile need not)."""
-    onnx.checker.check_model(proto, full_check=True)
