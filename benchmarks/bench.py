@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import resnetc  # noqa: E402
 from resnetc.runtime import BoundRunner, create_session  # noqa: E402
+from resnetc.verify import exercise_batchnorm  # noqa: E402
 
 
 @dataclass
@@ -164,12 +165,7 @@ def _model_and_weights(stem: str):
     module = __import__(module_name, fromlist=["__all__"])
     torch.manual_seed(0)
     model = getattr(module, module.__all__[0])().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):  # realistic statistics, as after training
-                layer.running_mean.copy_(torch.rand(layer.num_features, generator=generator) * 0.2 - 0.1)
-                layer.running_var.copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
+    exercise_batchnorm(model, seed=1)  # realistic statistics, as after training
     return model, {key: value.numpy() for key, value in model.state_dict().items()}
 
 

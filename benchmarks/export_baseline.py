@@ -21,33 +21,16 @@ def main() -> None:
     module = importlib.import_module(f"generated.{stem}")
     model = getattr(module, module.__all__[0])().eval()
     sample = torch.randn(2, 3, 224, 224)  # batch 2, or the exporter specialises the batch dimension
+    # The same names as resnetc's graph; each exporter states dynamic sizes its own way.
+    if exporter == "dynamo":
+        dims = {0: torch.export.Dim("N"), 2: torch.export.Dim("H", min=32), 3: torch.export.Dim("W", min=32)}
+        options = {"opset_version": 18, "dynamo": True, "dynamic_shapes": {"x": dims}, "verbose": False}
+    else:
+        axes = {"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
+        options = {"opset_version": 17, "dynamo": False, "dynamic_axes": axes}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            dims = {0: torch.export.Dim("N"), 2: torch.export.Dim("H", min=32), 3: torch.export.Dim("W", min=32)}
-            torch.onnx.export(
-                model,
-                (sample,),
-                out,
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=18,
-                dynamo=True,
-                dynamic_shapes={"x": dims},
-                verbose=False,
-            )
-        else:
-            axes = {"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}}
-            torch.onnx.export(
-                model,
-                (sample,),
-                out,
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes=axes,
-            )
+        torch.onnx.export(model, (sample,), out, input_names=["input"], output_names=["logits"], **options)
 
 
 if __name__ == "__main__":

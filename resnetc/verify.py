@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,22 @@ class Agreement:
         return self.batch_shape[0]
 
 
+def exercise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Seeded, non-trivial BatchNorm running statistics and affine parameters, as after training:
+    with the initial ones (0, 1, 1, 0) BatchNorm is the identity and a comparison would not see it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(size, generator=generator) * 0.5 + 0.75)
+                module.bias.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+
+
 def verify(
     spec: str | Path,
     weights: str | Path | None = None,
@@ -50,20 +70,15 @@ def verify(
     from resnetc.runtime import BoundRunner, create_session
     from resnetc.weights import match_weights, read_weights
 
-    model = resnetc.build(spec, **overrides)
     ir = resnetc.lower(spec, **overrides)
+    model = resnetc.build(ir)  # the lowered model: the spec is read and checked once
     if weights is not None:
         arrays = match_weights(ir.graph, read_weights(weights), f"weights in {weights}")
         model.load_state_dict({key: torch.from_numpy(value) for key, value in arrays.items()}, strict=False)
         origin = str(weights)
     else:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for layer in model.modules():
-                if isinstance(layer, torch.nn.BatchNorm2d):
-                    layer.running_mean.copy_(torch.rand(layer.num_features, generator=generator) * 0.4 - 0.2)
-                    layer.running_var.copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
-        origin = f"the model's own initialisation, BatchNorm statistics from seed {seed}"
+        exercise_batchnorm(model, seed)
+        origin = f"the model's own initialisation, BatchNorm statistics and affine parameters from seed {seed}"
     model.eval()
     state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
     session = create_session(resnetc.to_onnx(ir, weights=state).SerializeToString(), provider, use_tf32=False)

@@ -463,14 +463,7 @@ class _Instantiator:
     def _stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
         block = self.blocks[layer.block]  # type: ignore[index]
         stride = self.evaluate(layer, "stride", env, prefix)
-        arguments: dict[str, int] = {}
-        for key, value in layer.args.items():
-            try:
-                arguments[key] = expressions.evaluate(value, env)
-            except expressions.ExprError as error:
-                raise SpecError.at(
-                    layer.origin.source.value((*layer.origin.path, "args", key)), str(error), "E310"
-                ) from None
+        arguments = {key: expressions.evaluate(value, env) for key, value in layer.args.items()}  # plain integers
         defaults = {name: value for name, value in block.params.items() if value is not None}
         instances, value = [], source
         for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
