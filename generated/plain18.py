@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Plain18", "PlainBlock"]
@@ -22,16 +21,17 @@ class PlainBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.relu(x, inplace=True)
+        x = self.relu(x)
         x = self.conv2(x)
         x = self.bn2(x)
-        x = F.relu(x, inplace=True)
+        x = self.relu(x)
         return x
 
 
@@ -45,6 +45,8 @@ class Plain18(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(*(PlainBlock(64, width=64) for _ in range(2)))
         self.layer2 = nn.Sequential(
             PlainBlock(64, width=128, stride=2),
@@ -58,25 +60,26 @@ class Plain18(nn.Module):
             PlainBlock(256, width=512, stride=2),
             PlainBlock(512, width=512),
         )
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
         self.init_weights(zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
         x = self.bn1(x)  # (N, 64, 112, 112)
-        x = F.relu(x, inplace=True)  # (N, 64, 112, 112)
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, 64, 56, 56)
+        x = self.relu(x)  # (N, 64, 112, 112)
+        x = self.maxpool(x)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 64, 56, 56)
         x = self.layer2(x)  # (N, 128, 28, 28)
         x = self.layer3(x)  # (N, 256, 14, 14)
         x = self.layer4(x)  # (N, 512, 7, 7)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 512, 1, 1)
+        x = self.avgpool(x)  # (N, 512, 1, 1)
         x = torch.flatten(x, 1)  # (N, 512)
         x = self.fc(x)  # (N, 1000)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Plain56", "PlainBlock"]
@@ -22,16 +21,17 @@ class PlainBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.bn1(x)
-        x = F.relu(x, inplace=True)
+        x = self.relu(x)
         x = self.conv2(x)
         x = self.bn2(x)
-        x = F.relu(x, inplace=True)
+        x = self.relu(x)
         return x
 
 
@@ -45,6 +45,7 @@ class Plain56(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential(*(PlainBlock(16, width=16) for _ in range(9)))
         self.layer2 = nn.Sequential(
             PlainBlock(16, width=32, stride=2),
@@ -54,23 +55,24 @@ class Plain56(nn.Module):
             PlainBlock(32, width=64, stride=2),
             *(PlainBlock(64, width=64) for _ in range(8)),
         )
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
         self.init_weights(zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 16, 32, 32)
         x = self.bn1(x)  # (N, 16, 32, 32)
-        x = F.relu(x, inplace=True)  # (N, 16, 32, 32)
+        x = self.relu(x)  # (N, 16, 32, 32)
         x = self.layer1(x)  # (N, 16, 32, 32)
         x = self.layer2(x)  # (N, 32, 16, 16)
         x = self.layer3(x)  # (N, 64, 8, 8)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 64, 1, 1)
+        x = self.avgpool(x)  # (N, 64, 1, 1)
         x = torch.flatten(x, 1)  # (N, 64)
         x = self.fc(x)  # (N, 10)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

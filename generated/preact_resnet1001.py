@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PreActResNet1001", "ConvProjection", "PreActBottleneck"]
@@ -34,22 +33,25 @@ class PreActBottleneck(nn.Module):
     def __init__(self, in_channels: int, *, width: int, stride: int = 1) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, stride=stride, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, width * 4, kernel_size=1, bias=False)
         self.shortcut = ConvProjection(in_channels, out=width * 4, stride=stride) if stride != 1 or in_channels != width * 4 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(x)
-        relu1 = F.relu(out, inplace=True)
+        relu1 = self.relu1(out)
         out = self.conv1(relu1)
         out = self.bn2(out)
-        out = F.relu(out, inplace=True)
+        out = self.relu2(out)
         out = self.conv2(out)
         out = self.bn3(out)
-        out = F.relu(out, inplace=True)
+        out = self.relu3(out)
         out = self.conv3(out)
         shortcut = x if self.shortcut is None else self.shortcut(relu1)
         out = out + shortcut
@@ -78,6 +80,8 @@ class PreActResNet1001(nn.Module):
             *(PreActBottleneck(256, width=64) for _ in range(110)),
         )
         self.bn = nn.BatchNorm2d(256)
+        self.relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(256, num_classes)
         self.init_weights(zero_init_residual)
 
@@ -87,14 +91,14 @@ class PreActResNet1001(nn.Module):
         x = self.layer2(x)  # (N, 128, 16, 16)
         x = self.layer3(x)  # (N, 256, 8, 8)
         x = self.bn(x)  # (N, 256, 8, 8)
-        x = F.relu(x, inplace=True)  # (N, 256, 8, 8)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 256, 1, 1)
+        x = self.relu(x)  # (N, 256, 8, 8)
+        x = self.avgpool(x)  # (N, 256, 1, 1)
         x = torch.flatten(x, 1)  # (N, 256)
         x = self.fc(x)  # (N, 10)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

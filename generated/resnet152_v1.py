@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ResNet152V1", "Projection", "BottleneckV1"]
@@ -33,6 +32,7 @@ class BottleneckV1(nn.Module):
         inner = width * base_width // 64 * groups
         self.conv1 = nn.Conv2d(in_channels, inner, kernel_size=1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(inner)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(inner)
         self.conv3 = nn.Conv2d(inner, width * 4, kernel_size=1, bias=False)
@@ -42,15 +42,15 @@ class BottleneckV1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.bn1(out)
-        out = F.relu(out, inplace=True)
+        out = self.relu(out)
         out = self.conv2(out)
         out = self.bn2(out)
-        out = F.relu(out, inplace=True)
+        out = self.relu(out)
         out = self.conv3(out)
         out = self.bn3(out)
         downsample = x if self.downsample is None else self.downsample(x)
         out = out + downsample
-        out = F.relu(out, inplace=True)
+        out = self.relu(out)
         return out
 
 
@@ -65,6 +65,8 @@ class ResNet152V1(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(
             BottleneckV1(64, width=64),
             *(BottleneckV1(256, width=64) for _ in range(2)),
@@ -81,25 +83,26 @@ class ResNet152V1(nn.Module):
             BottleneckV1(1024, width=512, stride=2),
             *(BottleneckV1(2048, width=512) for _ in range(2)),
         )
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(2048, num_classes)
         self.init_weights(zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
         x = self.bn1(x)  # (N, 64, 112, 112)
-        x = F.relu(x, inplace=True)  # (N, 64, 112, 112)
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, 64, 56, 56)
+        x = self.relu(x)  # (N, 64, 112, 112)
+        x = self.maxpool(x)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 256, 56, 56)
         x = self.layer2(x)  # (N, 512, 28, 28)
         x = self.layer3(x)  # (N, 1024, 14, 14)
         x = self.layer4(x)  # (N, 2048, 7, 7)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 2048, 1, 1)
+        x = self.avgpool(x)  # (N, 2048, 1, 1)
         x = torch.flatten(x, 1)  # (N, 2048)
         x = self.fc(x)  # (N, 1000)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ResNet34", "Projection", "BasicBlock"]
@@ -30,6 +29,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.downsample = Projection(in_channels, out=width, stride=stride) if stride != 1 or in_channels != width else None
@@ -37,12 +37,12 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.bn1(out)
-        out = F.relu(out, inplace=True)
+        out = self.relu(out)
         out = self.conv2(out)
         out = self.bn2(out)
         downsample = x if self.downsample is None else self.downsample(x)
         out = out + downsample
-        out = F.relu(out, inplace=True)
+        out = self.relu(out)
         return out
 
 
@@ -56,6 +56,8 @@ class ResNet34(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(*(BasicBlock(64, width=64) for _ in range(3)))
         self.layer2 = nn.Sequential(
             BasicBlock(64, width=128, stride=2),
@@ -69,25 +71,26 @@ class ResNet34(nn.Module):
             BasicBlock(256, width=512, stride=2),
             *(BasicBlock(512, width=512) for _ in range(2)),
         )
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
         self.init_weights(zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # (N, 64, 112, 112)
         x = self.bn1(x)  # (N, 64, 112, 112)
-        x = F.relu(x, inplace=True)  # (N, 64, 112, 112)
-        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (N, 64, 56, 56)
+        x = self.relu(x)  # (N, 64, 112, 112)
+        x = self.maxpool(x)  # (N, 64, 56, 56)
         x = self.layer1(x)  # (N, 64, 56, 56)
         x = self.layer2(x)  # (N, 128, 28, 28)
         x = self.layer3(x)  # (N, 256, 14, 14)
         x = self.layer4(x)  # (N, 512, 7, 7)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 512, 1, 1)
+        x = self.avgpool(x)  # (N, 512, 1, 1)
         x = torch.flatten(x, 1)  # (N, 512)
         x = self.fc(x)  # (N, 1000)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

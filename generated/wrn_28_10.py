@@ -7,7 +7,6 @@ Do not edit: change the spec and run `resnetc compile` again.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["WideResNet28_10", "ConvProjection", "WideBasic"]
@@ -33,18 +32,21 @@ class WideBasic(nn.Module):
     def __init__(self, in_channels: int, *, width: int, stride: int = 1) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(p=0.3)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
         self.shortcut = ConvProjection(in_channels, out=width, stride=stride) if stride != 1 or in_channels != width else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(x)
-        relu1 = F.relu(out, inplace=True)
+        relu1 = self.relu1(out)
         out = self.conv1(relu1)
         out = self.bn2(out)
-        out = F.relu(out, inplace=True)
-        out = F.dropout(out, p=0.3, training=self.training)
+        out = self.relu2(out)
+        out = self.dropout(out)
         out = self.conv2(out)
         shortcut = x if self.shortcut is None else self.shortcut(relu1)
         out = out + shortcut
@@ -74,6 +76,8 @@ class WideResNet28_10(nn.Module):
             *(WideBasic(640, width=640) for _ in range(3)),
         )
         self.bn = nn.BatchNorm2d(640)
+        self.relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(640, num_classes)
         self.init_weights(zero_init_residual)
 
@@ -83,14 +87,14 @@ class WideResNet28_10(nn.Module):
         x = self.layer2(x)  # (N, 320, 16, 16)
         x = self.layer3(x)  # (N, 640, 8, 8)
         x = self.bn(x)  # (N, 640, 8, 8)
-        x = F.relu(x, inplace=True)  # (N, 640, 8, 8)
-        x = F.adaptive_avg_pool2d(x, 1)  # (N, 640, 1, 1)
+        x = self.relu(x)  # (N, 640, 8, 8)
+        x = self.avgpool(x)  # (N, 640, 1, 1)
         x = torch.flatten(x, 1)  # (N, 640)
         x = self.fc(x)  # (N, 10)
         return x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
-        """He initialisation for convolutions; BatchNorm starts as the identity.
+        """He initialisation for convolutions; norms start as the identity.
 
         With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that
         every residual block starts as the identity (Goyal et al. 2017)."""

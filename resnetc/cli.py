@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -260,12 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResnetcError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `resnetc info ... | head`: the reader left, which is not an error
+        # Before OSError, which it is a kind of. Point stdout at /dev/null so that the flush at exit
+        # cannot fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as error:
         print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:  # `resnetc info ... | head`: the reader left, which is not an error
-        sys.stdout = None  # type: ignore[assignment] - nothing more can be written to it
-        return EXIT_OK
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one

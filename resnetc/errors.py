@@ -30,17 +30,19 @@ CODES: dict[str, str] = {
     "E302": "invalid or reserved name",
     "E303": "the projection block does not take 'out' and 'stride'",
     "E304": "a numbered (sequential) block whose layers do not form a chain",
-    "E305": "an op in the wrong place (shortcut outside a block, stage inside one)",
+    "E305": "an op in the wrong place (shortcut outside a block, stage inside one, add in a numbered block)",
     "E306": "repeat out of range",
     "E307": "'from' names no earlier layer",
     "E308": "unknown parameter in an expression",
     "E309": "stage arguments that do not fit the block",
     "E310": "expression cannot be evaluated (division by zero)",
+    "E311": "a layer's `module` does not name an earlier layer of the same op and settings",
     "E401": "invalid layer configuration (groups, padding, channels, ranks)",
-    "E402": "shape mismatch at an add",
+    "E402": "shape mismatch where values merge (add, mul)",
     "E403": "spatial size reaches zero",
     "E404": "model too large",
     "E405": "the model does not end in (num_classes,)",
+    "E406": "the chosen backend or opset cannot express an op",
 }
 
 

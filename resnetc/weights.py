@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnetc import ops
 from resnetc.errors import WeightsError
 from resnetc.ir.graph import Graph
 
@@ -19,32 +20,15 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)  # a training counter, not a weight
 MAX_LISTED = 10
 
 
-def _uniform(rng: np.random.Generator, shape: tuple[int, ...], bound: float) -> np.ndarray:
-    """Uniform in [-bound, bound), float32 from the start and scaled in place: a big model's
-    initialisation stays one array per tensor (and is the largest cost of a seeded compile)."""
-    array = rng.random(shape, dtype=np.float32)
-    array *= np.float32(2 * bound)
-    array -= np.float32(bound)
-    return array
-
-
 def initialise(graph: Graph, seed: int = 0) -> Weights:
-    """Deterministic weights: He-uniform convolutions (fan-out, as torchvision's He-normal in variance),
-    PyTorch-style uniform linear layers and biases, identity BatchNorm."""
+    """Deterministic weights, each op's own rule (`Op.initial`): He-uniform convolutions (fan-out, as
+    torchvision's He-normal in variance), PyTorch-style uniform linear layers and biases, identity norms."""
     rng = np.random.default_rng(seed)
     weights: Weights = {}
     for node in graph.nodes:
+        op = ops.get(node.op)
         for key, shape in {**node.params, **node.buffers}.items():
-            if node.op == "conv" and key == "weight":
-                fan_out = shape[0] * shape[2] * shape[3]
-                array = _uniform(rng, shape, float(np.sqrt(6.0 / fan_out)))
-            elif node.op in ("conv", "linear"):
-                array = _uniform(rng, shape, float(1.0 / np.sqrt(np.prod(node.params["weight"][1:]))))
-            elif key in ("weight", "running_var"):
-                array = np.ones(shape, np.float32)
-            else:
-                array = np.zeros(shape, np.float32)
-            weights[f"{node.name}.{key}"] = array
+            weights[f"{node.name}.{key}"] = op.initial(key, shape, node.params, rng)
     return weights
 
 

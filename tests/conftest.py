@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,20 @@ def generated_class(stem: str) -> type:
     return getattr(module, module.__all__[0])
 
 
-# Non-trivial BatchNorm statistics, so that BatchNorm is really exercised: the same as `resnetc verify`.
-randomize_batchnorm = exercise_batchnorm
+_sources = itertools.count()
+
+
+def module_from_source(source: str, file_name: str = "generated_by_resnetc.py") -> types.ModuleType:
+    """Generated source (rendered in memory, never written) as a module: the one way the tests import it.
+    One file name for every module by default, so that hypothesis sees a failure at the same place."""
+    module = types.ModuleType(f"resnetc_test_module_{next(_sources)}")
+    exec(compile(source, file_name, "exec"), module.__dict__)
+    return module
+
+
+def model_class(source: str) -> type:
+    module = module_from_source(source)
+    return getattr(module, module.__all__[0])
 
 
 def state_arrays(model) -> dict[str, np.ndarray]:
@@ -47,10 +61,9 @@ def model_from_spec(spec: Path, seed: int = 0):
     """The spec's generated module, rendered in memory; its model with realistic BatchNorm, in eval mode."""
     import resnetc
 
-    namespace: dict[str, object] = {}
-    exec(compile(resnetc.to_source(spec), f"{Path(spec).stem}.py", "exec"), namespace)
-    model = namespace[namespace["__all__"][0]]()  # type: ignore[index,operator]
-    randomize_batchnorm(model, seed)
+    model = model_class(resnetc.to_source(spec))()
+    # Non-trivial BatchNorm statistics, so that BatchNorm is really exercised: the same as `resnetc verify`.
+    exercise_batchnorm(model, seed)
     return model.eval()
 
 
@@ -63,7 +76,7 @@ def onnx_output(spec: Path, model, batch: np.ndarray) -> np.ndarray:
 
 
 def assert_agree(onnx_out: np.ndarray, torch_out: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> None:
-    """DESIGN.md's agreement: allclose with a scale-aware atol, and equal top-1 where the margin is clear."""
+    """The project's agreement: allclose with a scale-aware atol, and equal top-1 where the margin is clear."""
     scale = max(1.0, float(np.abs(torch_out).max()))
     np.testing.assert_allclose(onnx_out, torch_out, rtol=rtol, atol=atol * scale)
     top2 = np.sort(torch_out, axis=1)[:, -2:]

@@ -13,8 +13,8 @@ from tests.conftest import (
     SPECS,
     assert_agree,
     cpu_session,
+    exercise_batchnorm,
     generated_class,
-    randomize_batchnorm,
     state_arrays,
 )
 
@@ -26,7 +26,7 @@ SIZES = {"resnet101": 64, "resnet152": 64}
 def test_onnx_agrees_with_generated_module(spec, tmp_path) -> None:
     torch.manual_seed(0)
     model = generated_class(spec.stem)()
-    randomize_batchnorm(model, seed=1)
+    exercise_batchnorm(model, seed=1)
     model.eval()
     channels, height, _ = resnetc.info(spec).input
     size = height if height <= 32 else SIZES.get(spec.stem, 96)  # CIFAR nets at their own 32x32
@@ -44,7 +44,7 @@ def test_onnx_agrees_with_generated_module(spec, tmp_path) -> None:
 def test_torch_state_dict_file_gives_the_same_onnx(tmp_path) -> None:
     """A torch.save'd state_dict (num_batches_tracked included) and safetensors give identical graphs."""
     model = generated_class("resnet18")()
-    randomize_batchnorm(model)
+    exercise_batchnorm(model)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     save_safetensors(state_arrays(model), tmp_path / "weights.safetensors")
     from_pt = resnetc.to_onnx("specs/resnet18.yaml", weights=tmp_path / "weights.pt").SerializeToString()
@@ -54,7 +54,7 @@ def test_torch_state_dict_file_gives_the_same_onnx(tmp_path) -> None:
 
 def test_agreement_at_other_sizes_and_batch_one() -> None:
     model = generated_class("resnet34")()
-    randomize_batchnorm(model, seed=3)
+    exercise_batchnorm(model, seed=3)
     model.eval()
     proto = resnetc.to_onnx("specs/resnet34.yaml", weights=state_arrays(model))
     session = cpu_session(proto)

@@ -1,4 +1,4 @@
-"""Parameters, MACs, depth and state_dict keys against the fact sheet (shared/facts/resnet.md)."""
+"""Parameters, MACs, depth and state_dict keys against the papers' tables and torchvision's published counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The paper's family and its descendants: every shipped spec counted exactly (shared/facts/resnet.md)."""
+"""The paper's family and its descendants: every shipped spec counted exactly.
+
+The figures are the papers' tables: He et al. 2015 and 2016, Xie et al. 2017, Zagoruyko & Komodakis 2016.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import pytest
 import torch
 
 import resnetc
-from tests.conftest import ROOT, SPEC_IDS, generated_class, randomize_batchnorm
+from tests.conftest import ROOT, SPEC_IDS, exercise_batchnorm, generated_class
 
 # spec -> (params, MACs at the spec's input size or None where the fact sheet gives none, He et al. depth)
 FAMILY = {
@@ -169,7 +172,7 @@ def test_descendants_are_torchvisions_models(stem: str) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     reference = getattr(torchvision.models, stem)(weights=None)
-    randomize_batchnorm(reference, seed=9)
+    exercise_batchnorm(reference, seed=9)
     ours = generated_class(stem)()
     assert list(ours.state_dict()) == list(reference.state_dict())
     ours.load_state_dict(reference.state_dict(), strict=True)

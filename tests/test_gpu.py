@@ -9,7 +9,7 @@ import torch
 import resnetc
 from resnetc.errors import RuntimeUnavailable
 from resnetc.runtime import BoundRunner, create_session, cuda_driver_present
-from tests.conftest import ROOT, generated_class, randomize_batchnorm, state_arrays
+from tests.conftest import ROOT, exercise_batchnorm, generated_class, state_arrays
 
 pytestmark = pytest.mark.skipif(
     not (cuda_driver_present() and torch.cuda.is_available()), reason="no CUDA device on this machine"
@@ -25,12 +25,12 @@ def _cuda_session(proto, tf32: bool = False):
 
 @pytest.mark.parametrize("stem", ["resnet50", "resnet20"])
 def test_generated_module_on_cuda_agrees_with_onnxruntime_cuda(stem: str) -> None:
-    """TF32 off on both sides (it would drift by about 1e-3); DESIGN.md's GPU tolerance: rtol 1e-3."""
+    """TF32 off on both sides (it would drift by about 1e-3); the project's GPU tolerance: rtol 1e-3."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = generated_class(stem)()
-    randomize_batchnorm(model, seed=13)
+    exercise_batchnorm(model, seed=13)
     model.eval()
     spec = ROOT / "specs" / f"{stem}.yaml"
     session = _cuda_session(resnetc.to_onnx(spec, weights=state_arrays(model)))

@@ -10,14 +10,14 @@ import torch
 import resnetc
 from resnetc.passes.fold_batchnorm import fold_batchnorm
 from resnetc.weights import initialise
-from tests.conftest import ROOT, assert_agree, cpu_session, generated_class, randomize_batchnorm, state_arrays
+from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, generated_class, state_arrays
 
 
 @pytest.fixture(scope="module")
 def resnet50():
     torch.manual_seed(0)
     model = generated_class("resnet50")()
-    randomize_batchnorm(model, seed=11)
+    exercise_batchnorm(model, seed=11)
     return model.eval()
 
 
@@ -34,7 +34,7 @@ def test_fold_batchnorm_reports_and_removes_every_batchnorm() -> None:
 @pytest.mark.parametrize("spec", ["resnet50", "preact_resnet164"])
 def test_folded_graph_agrees_with_the_module(spec: str) -> None:
     model = generated_class(spec)()
-    randomize_batchnorm(model, seed=12)
+    exercise_batchnorm(model, seed=12)
     model.eval()
     path = ROOT / "specs" / f"{spec}.yaml"
     size = resnetc.info(path).input[1]

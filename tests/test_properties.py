@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import itertools
-import types
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,12 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 import resnetc
+from resnetc import ops
 from resnetc.errors import SpecError
 from resnetc.ir.graph import Model
+from resnetc.ops.base import BLOCK
 from resnetc.spec.load import LoadedSpec, load_spec_text
+from tests.conftest import exercise_batchnorm, model_class, module_from_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "specs").glob("*.yaml"))
@@ -40,8 +41,6 @@ SMALL_MODEL_NODES = 1_000
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 
 MODELS = settings(max_examples=60, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
-
-_module_counter = itertools.count()
 
 
 def event(note: str) -> None:
@@ -79,40 +78,24 @@ def load_and_lower(text: str) -> tuple[LoadedSpec, Model] | None:
     return loaded, model
 
 
-def exec_module(source: str) -> types.ModuleType:
-    name = f"resnetc_prop_{next(_module_counter)}"
-    module = types.ModuleType(name)
-    # One file name for every module, so that hypothesis sees a failure at the same place when it replays it.
-    exec(compile(source, "generated_by_resnetc.py", "exec"), module.__dict__)
-    return module
-
-
-def randomise_batchnorm(net: torch.nn.Module, rng: np.random.Generator) -> None:
-    """Non-trivial BatchNorm affine parameters and running statistics, so eval mode means something."""
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, n).astype(np.float32)))
-                module.bias.copy_(torch.from_numpy(rng.normal(0.0, 0.2, n).astype(np.float32)))
-                module.running_mean.copy_(torch.from_numpy(rng.normal(0.0, 0.5, n).astype(np.float32)))
-                module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, n).astype(np.float32)))
-
-
 def check_backends(loaded: LoadedSpec, seed: int, height: int | None = None, width: int | None = None) -> None:
     """The generated PyTorch module and the ONNX model built from its own state_dict agree."""
     model = resnetc.lower(loaded)
     summary = resnetc.info(model)
     source = resnetc.to_source(model)
-    module = exec_module(source)
-    cls = getattr(module, module.__all__[0])
+    cls = model_class(source)
     assert cls.__name__ == loaded.spec.name
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = cls()
     assert sum(p.numel() for p in net.parameters()) == summary.params
-    randomise_batchnorm(net, rng)
+    exercise_batchnorm(net, seed)
+    channels, spec_h, spec_w = loaded.spec.input
+    x = rng.standard_normal((2, channels, height or spec_h, width or spec_w)).astype(np.float32)
+    # Training runs: forward and backward (an in-place op on a tensor autograd still needs would raise).
+    net.train()
+    net(torch.from_numpy(x)).sum().backward()
     net.eval()
 
     state = {
@@ -125,8 +108,6 @@ def check_backends(loaded: LoadedSpec, seed: int, height: int | None = None, wid
     assert len(initializers) == len(set(initializers))
     assert set(state) == set(initializers)
 
-    channels, spec_h, spec_w = loaded.spec.input
-    x = rng.standard_normal((2, channels, height or spec_h, width or spec_w)).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     assert expected.shape == (2, loaded.spec.num_classes)
@@ -217,38 +198,64 @@ def _custom_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
     return lines, mult
 
 
+# Single-input ops a block may hold, from the registry; their settings are made to keep (C, H, W) so that
+# any two values can meet at an add (global pooling still makes a (C, 1, 1) gate, which `mul` takes).
+_BLOCK_OPS = [
+    op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity == 1 and op.input_rank == 3
+]
+_MERGE_OPS = [op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity != 1]
+
+
+def _keep_shape(op: ops.Op) -> dict[str, object]:
+    chosen = dict(op.example)
+    keys = {key for key, _ in op.keys()}
+    if "kernel" in keys:
+        chosen.update(kernel=3, stride=1, padding=1)
+    if "out" in keys:
+        chosen["out"] = "width"
+    return chosen
+
+
+def _flow(mapping: dict[str, object]) -> str:
+    return yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False).strip()
+
+
 def _dag_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
-    """A user-defined block whose layers form a random graph: any layer may read any earlier value
-    through `from:`, values may be read several times or never, and the output is the last layer."""
+    """A user-defined block whose layers form a random graph of registry ops: any layer may read any earlier
+    value through `from:` (the block's input, a shortcut, an activation), values may be read several times or
+    never, an activation may apply an earlier one's module again, and the output is the last layer."""
     lines = [f"  {name}:"]
     class_name = draw(st.sampled_from([None, "MyBlock", "Custom2"]))
     if class_name is not None:
         lines.append(f"    class_name: {class_name}")
     lines += [f"    doc: {yaml_quoted(draw(plain_docs))}", "    params: {width: null, stride: 1}", "    layers:"]
     body = ["first: {op: conv, out: width, kernel: 3, stride: stride}"]
-    values = ["first"]
+    values, ops_of = ["first"], {"first": "conv"}
     if draw(st.booleans()):
         body.append("skip: {op: shortcut, from: input, out: width, stride: stride}")
         values.append("skip")
-    ops = ["conv", "batchnorm", "relu", "add", "maxpool", "avgpool", "shortcut", "dropout"]
+        ops_of["skip"] = "shortcut"
     for index in range(draw(st.integers(1, 6))):
         layer = f"v{index}"
-        source = draw(st.sampled_from(values))
-        op = draw(st.sampled_from(ops))
-        if op == "add" and len(values) >= 2:
-            inputs = draw(st.lists(st.sampled_from(values), min_size=2, max_size=3, unique=True))
-            body.append(f"{layer}: {{op: add, from: [{', '.join(inputs)}]}}")
-        elif op == "conv":
-            kernel = draw(st.sampled_from([1, 3]))
-            body.append(f"{layer}: {{op: conv, from: {source}, out: width, kernel: {kernel}}}")
-        elif op in ("maxpool", "avgpool"):
-            body.append(f"{layer}: {{op: {op}, from: {source}, kernel: 3, stride: 1, padding: 1}}")
-        elif op == "shortcut":
-            body.append(f"{layer}: {{op: shortcut, from: {source}, out: width}}")
-        elif op == "dropout":
-            body.append(f"{layer}: {{op: dropout, from: {source}, p: 0.25}}")
+        kind = draw(st.sampled_from(["unary", "unary", "merge", "shortcut"]))
+        if kind == "merge" and len(values) >= 2:
+            op = draw(st.sampled_from(_MERGE_OPS))
+            inputs = draw(
+                st.lists(st.sampled_from(values), min_size=2, max_size=2 if op.arity == 2 else 3, unique=True)
+            )
+            body.append(f"{layer}: {_flow({'op': op.name, 'from': inputs})}")
+        elif kind == "shortcut":
+            body.append(f"{layer}: {{op: shortcut, from: {draw(st.sampled_from(values))}, out: width}}")
+            ops_of[layer] = "shortcut"
         else:
-            body.append(f"{layer}: {{op: {op if op != 'add' else 'relu'}, from: {source}}}")
+            op = draw(st.sampled_from(_BLOCK_OPS))
+            layer_fields = {"op": op.name, **_keep_shape(op), "from": draw(st.sampled_from(values))}
+            earlier = [value for value, kind_of in ops_of.items() if kind_of == op.name and op.parameter_free]
+            if earlier and draw(st.booleans()):
+                layer_fields["module"] = draw(st.sampled_from(earlier))  # torchvision's one `self.relu`, twice
+            else:
+                ops_of[layer] = op.name
+            body.append(f"{layer}: {_flow(layer_fields)}")
         values.append(layer)
     lines += [f"      {line}" for line in body]
     return lines, 1
@@ -524,7 +531,7 @@ def _check_outputs(text: str) -> None:
     if result is None:
         return
     loaded, model = result
-    exec_module(resnetc.to_source(model))
+    module_from_source(resnetc.to_source(model))
     resnetc.to_onnx(loaded).SerializeToString()
 
 
@@ -607,15 +614,16 @@ def test_arbitrary_text_gives_only_located_spec_errors(text: str) -> None:
 # Arbitrary YAML data
 
 
+# Every op's keys and names come from the registry, so a new op is fuzzed as soon as it exists.
+_OP_KEYS = sorted({key for op in ops.spec_ops() for key, _ in op.keys()} | {"from", "module"})
 _KEYS = [
     "version", "name", "doc", "input", "num_classes", "shortcut", "projection", "blocks", "layers",
-    "op", "from", "out", "kernel", "stride", "padding", "groups", "dilation", "bias", "eps", "momentum",
-    "block", "repeat", "args", "params", "let", "class_name", "width", "conv1", "0", "1",
+    *_OP_KEYS, "params", "let", "class_name", "width", "conv1", "0", "1",
 ]  # fmt: skip
+_OP_NAMES = ops.spec_op_names()
 _WORDS = [
-    "conv", "batchnorm", "relu", "maxpool", "avgpool", "global_avg_pool", "flatten", "linear", "add",
-    "shortcut", "stage", "basic", "bottleneck", "projection", "B", "C", "input", "width * 4",
-    "num_classes", "in_channels", "ResNet", "1 // 0", "width // 0", "-width",
+    *_OP_NAMES, "basic", "bottleneck", "projection", "B", "C", "input", "width * 4",
+    "num_classes", "in_channels", "ResNet", "1 // 0", "width // 0", "-width", "tanh", "none",
 ]  # fmt: skip
 
 yaml_scalars = st.one_of(
@@ -628,15 +636,17 @@ yaml_scalars = st.one_of(
     st.sampled_from(_WORDS),
 )
 yaml_keys = st.one_of(st.sampled_from(_KEYS), st.text(max_size=8), st.integers(-3, 3), st.booleans())
-yaml_data = st.recursive(
-    yaml_scalars,
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(yaml_keys, children, max_size=6)),
-    max_leaves=30,
-)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.lists(children, max_size=4), st.dictionaries(yaml_keys, children, max_size=6))
+
+
+yaml_data = st.recursive(yaml_scalars, _containers, max_leaves=30)
 
 _layer_dicts = st.fixed_dictionaries(
-    {"op": st.one_of(st.sampled_from(_WORDS[:11]), yaml_scalars)},
-    optional={key: yaml_data for key in ("from", "out", "kernel", "stride", "padding", "block", "repeat", "args")},
+    {"op": st.one_of(st.sampled_from(_OP_NAMES), yaml_scalars)},
+    optional={key: yaml_data for key in _OP_KEYS},
 )
 spec_shaped_data = st.fixed_dictionaries(
     {

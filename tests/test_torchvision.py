@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import resnetc
-from tests.conftest import assert_agree, generated_class, randomize_batchnorm, state_arrays
+from tests.conftest import assert_agree, exercise_batchnorm, generated_class, state_arrays
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -18,7 +18,7 @@ STEMS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 def _reference(stem: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = getattr(torchvision.models, stem)(weights=None)
-    randomize_batchnorm(model, seed=4)
+    exercise_batchnorm(model, seed=4)
     return model
 
 
@@ -69,3 +69,44 @@ def test_num_classes_and_in_channels_overrides_match_torchvision() -> None:
         k: v.shape for k, v in reference.state_dict().items() if k != "conv1.weight"
     }
     assert np.isfinite(ours(torch.randn(2, 1, 40, 40)).detach().numpy()).all()
+
+
+MODULE_TREE_STEMS = [*STEMS, "resnext50_32x4d", "wide_resnet50_2"]
+
+
+def _same_kind(ours: torch.nn.Module, theirs: torch.nn.Module) -> bool:
+    """torch.nn modules must be of torchvision's type (our Projection is an nn.Sequential); torchvision's
+    own block classes must have our class's name."""
+    if type(theirs).__module__.startswith("torch.nn"):
+        return isinstance(ours, type(theirs))
+    return type(ours).__name__ == type(theirs).__name__
+
+
+@pytest.mark.parametrize("stem", MODULE_TREE_STEMS)
+def test_module_tree_is_torchvisions(stem: str) -> None:
+    """Same named_modules (names and types), named_children in torchvision's order: children slicing,
+    hooks on `relu` and fuse_modules recipes work unchanged."""
+    ours, theirs = generated_class(stem)(), getattr(torchvision.models, stem)(weights=None)
+    assert [name for name, _ in ours.named_children()] == [name for name, _ in theirs.named_children()]
+    our_modules, their_modules = dict(ours.named_modules()), dict(theirs.named_modules())
+    assert sorted(our_modules) == sorted(their_modules)
+    # The root is the one difference: our class is named after the spec (ResNet50), torchvision's is ResNet.
+    mismatched = [name for name in their_modules if name and not _same_kind(our_modules[name], their_modules[name])]
+    assert not mismatched, [(name, type(our_modules[name]), type(their_modules[name])) for name in mismatched]
+    if "Bottleneck" not in {type(module).__name__ for module in their_modules.values()}:
+        assert list(our_modules) == list(their_modules)  # BasicBlock's order matches too (see README)
+    relus = [module for module in our_modules.values() if isinstance(module, torch.nn.ReLU)]
+    assert len(relus) == sum(isinstance(module, torch.nn.ReLU) for module in their_modules.values())
+    assert all(module.inplace for module in relus)
+
+
+def test_children_slicing_hooks_and_fusion_work_as_on_torchvision() -> None:
+    ours = generated_class("resnet50")().eval()
+    trunk = torch.nn.Sequential(*list(ours.children())[:-2])  # the usual backbone recipe
+    assert trunk(torch.zeros(1, 3, 224, 224)).shape == (1, 2048, 7, 7)
+    seen = []
+    ours.relu.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    ours(torch.zeros(1, 3, 64, 64))
+    assert seen == [(1, 64, 32, 32)]
+    fused = torch.ao.quantization.fuse_modules(ours, [["conv1", "bn1", "relu"]])
+    assert isinstance(fused.relu, torch.nn.Identity)

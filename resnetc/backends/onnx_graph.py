@@ -1,20 +1,21 @@
 """IR + named numpy weights -> onnx.ModelProto, built node by node (no tracing, no torch).
 
-Every IR op has an emitter in `EMITTERS`; initializer names are the state_dict keys; the
+Every op emits itself (`Op.onnx`, in `resnetc.ops`); initializer names are the state_dict keys; the
 graph reads `input` [N, C, H, W] with symbolic N, H, W and writes `logits` [N, classes].
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from resnetc import __version__
+from resnetc import __version__, ops
 from resnetc.errors import UsageError
-from resnetc.ir.graph import Model, Node
+from resnetc.ir.graph import Model
+from resnetc.ops.base import unsupported
 from resnetc.weights import Weights
 
 DEFAULT_OPSET = 17
@@ -22,121 +23,30 @@ SUPPORTED_OPSETS = range(13, 22)
 INPUT, OUTPUT = "input", "logits"
 DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
 
-Emitter = Callable[[Node, list[str], str], list[onnx.NodeProto]]
 
+class _GraphBuilder:
+    """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants."""
 
-def _conv(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-    a = node.attrs
-    weights = [f"{node.name}.weight"] + ([f"{node.name}.bias"] if a["bias"] else [])
-    return [
-        helper.make_node(
-            "Conv",
-            inputs + weights,
-            [output],
-            name=node.name,
-            kernel_shape=[a["kernel"]] * 2,
-            strides=[a["stride"]] * 2,
-            pads=[a["padding"]] * 4,
-            dilations=[a["dilation"]] * 2,
-            group=a["groups"],
-        )
-    ]
+    def __init__(self, opset: int, numpy_type: type, onnx_type: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self._numpy_type = numpy_type
+        self._onnx_type = onnx_type
 
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
 
-def _batchnorm(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-    stats = [f"{node.name}.{key}" for key in ("weight", "bias", "running_mean", "running_var")]
-    # ONNX's momentum weighs the running value, PyTorch's the new batch: they are complements.
-    return [
-        helper.make_node(
-            "BatchNormalization",
-            inputs + stats,
-            [output],
-            name=node.name,
-            epsilon=node.attrs["eps"],
-            momentum=1.0 - node.attrs["momentum"],
-        )
-    ]
+    def constant(self, name: str, values: list[int]) -> str:
+        """An int64 Constant node: shape operands are not weights, so they are not initializers."""
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
 
-
-def _pool(kind: str) -> Emitter:
-    def emit(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-        a = node.attrs
-        extra = {"count_include_pad": 1} if kind == "AveragePool" else {}  # PyTorch's default
-        return [
-            helper.make_node(
-                kind,
-                inputs,
-                [output],
-                name=node.name,
-                kernel_shape=[a["kernel"]] * 2,
-                strides=[a["stride"]] * 2,
-                pads=[a["padding"]] * 4,
-                **extra,
-            )
-        ]
-
-    return emit
-
-
-def _linear(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-    weights = [f"{node.name}.weight"] + ([f"{node.name}.bias"] if node.attrs["bias"] else [])
-    return [helper.make_node("Gemm", inputs + weights, [output], name=node.name, transB=1)]
-
-
-def _add(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-    return [helper.make_node("Add" if len(inputs) == 2 else "Sum", inputs, [output], name=node.name)]
-
-
-def _constant(name: str, values: list[int]) -> onnx.NodeProto:
-    """An int64 Constant node: shape operands are not weights, so they are not initializers."""
-    tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
-    return helper.make_node("Constant", [], [name], name=name, value=tensor)
-
-
-def _zero_pad(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-    """Option A: Slice with steps (every stride-th pixel), then Pad the channel axis with zeros."""
-    a = node.attrs
-    nodes, source = [], inputs[0]
-    if a["stride"] != 1:
-        parts = {part: f"{node.name}.{part}" for part in ("starts", "ends", "axes", "steps")}
-        nodes += [
-            _constant(parts["starts"], [0, 0]),
-            _constant(parts["ends"], [2**62, 2**62]),
-            _constant(parts["axes"], [2, 3]),
-            _constant(parts["steps"], [a["stride"]] * 2),
-        ]
-        source = f"{node.name}.subsampled"
-        nodes.append(helper.make_node("Slice", [inputs[0], *parts.values()], [source], name=source))
-    extra = int(a["out"]) - int(a["in_channels"])
-    before = extra // 2 if a["position"] == "split" else 0
-    pads = f"{node.name}.pads"
-    nodes.append(_constant(pads, [0, before, 0, 0, 0, extra - before, 0, 0]))
-    nodes.append(helper.make_node("Pad", [source, pads], [output], name=node.name, mode="constant"))
-    return nodes
-
-
-def _simple(kind: str, **attributes: int) -> Emitter:
-    def emit(node: Node, inputs: list[str], output: str) -> list[onnx.NodeProto]:
-        return [helper.make_node(kind, inputs, [output], name=node.name, **attributes)]
-
-    return emit
-
-
-EMITTERS: dict[str, Emitter] = {
-    "conv": _conv,
-    "batchnorm": _batchnorm,
-    "relu": _simple("Relu"),
-    "maxpool": _pool("MaxPool"),
-    "avgpool": _pool("AveragePool"),
-    "global_avg_pool": _simple("GlobalAveragePool"),
-    "flatten": _simple("Flatten", axis=1),
-    "linear": _linear,
-    "dropout": _simple("Identity"),  # the graph is for inference, where dropout passes values through
-    "zero_pad": _zero_pad,
-    "add": _add,
-    "mul": _simple("Mul"),
-    "sigmoid": _simple("Sigmoid"),
-}
+    def scalar(self, name: str, value: float) -> str:
+        """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=self._numpy_type), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
 
 
 def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> onnx.ModelProto:
@@ -145,7 +55,8 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
     graph = model.graph
-    nodes: list[onnx.NodeProto] = []
+    builder = _GraphBuilder(opset, numpy_type, onnx_type)
+    nodes = builder.nodes
     source = INPUT
     if dtype != "float32":
         source = f"{INPUT}.{dtype}"
@@ -155,7 +66,8 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
     for node in graph.nodes:
         inputs = [renamed.get(name, name) for name in node.inputs]
         output = OUTPUT if node.name == last and dtype == "float32" else node.name
-        nodes.extend(EMITTERS[node.op](node, inputs, output))
+        if not ops.get(node.op).onnx(node, inputs, output, builder):
+            raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
     if dtype != "float32":
         nodes.append(helper.make_node("Cast", [last], [OUTPUT], name="cast_output", to=TensorProto.FLOAT))
     channels, _, _ = model.input_shape

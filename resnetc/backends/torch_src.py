@@ -11,133 +11,24 @@ from __future__ import annotations
 import ast
 import textwrap
 import unicodedata
-from collections.abc import Callable
-from math import isfinite, prod
+from math import prod
 
 import jinja2
 
+from resnetc import ops
 from resnetc.backends.templates import template_dir
+from resnetc.ir.aliasing import Aliasing, analyse
 from resnetc.ir.graph import BlockInstance, LayerIR, Model, Scope
-from resnetc.ir.lower import fold
+from resnetc.ops.base import unsupported
+from resnetc.ops.source import RenderError, expression, literal
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import BinOp, Const, Expr
 
 TEMPLATE = "module.py.jinja"
-
-# Weight initialisation as torchvision does it, so a generated model trains like the reference.
-_INIT_WEIGHTS = [
-    "def init_weights(self, zero_init_residual: bool = False) -> None:",
-    '    """He initialisation for convolutions; BatchNorm starts as the identity.',
-    "",
-    "    With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that",
-    '    every residual block starts as the identity (Goyal et al. 2017)."""',
-    "    for module in self.modules():",
-    "        if isinstance(module, nn.Conv2d):",
-    '            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")',
-    "        elif isinstance(module, nn.BatchNorm2d):",
-    "            nn.init.ones_(module.weight)",
-    "            nn.init.zeros_(module.bias)",
-]
 ZERO_PAD_CLASS = "ZeroPadShortcut"
+BACKEND = "PyTorch"
 
-
-class RenderError(Exception):
-    """The backend cannot express something; this is a bug in resnetc, not in the spec."""
-
-
-def _literal(value: object) -> str:
-    """Python source for a validated builtin value: only ints, finite floats and bools."""
-    if isinstance(value, bool) or (isinstance(value, int) and not isinstance(value, bool)):
-        return repr(value)
-    if isinstance(value, float) and isfinite(value):
-        return repr(float(value))
-    raise RenderError(f"cannot render {value!r} as a literal")
-
-
-def _expr(value: object) -> str:
-    if isinstance(value, (Const, expressions.Name, expressions.Neg, BinOp)):
-        return expressions.to_python(fold(value))
-    return _literal(value)
-
-
-def _keywords(pairs: list[tuple[str, object, object]]) -> str:
-    """`name=value` for each value that differs from its default (None: always shown)."""
-    parts = []
-    for name, value, default in pairs:
-        shown = _expr(value)
-        if default is None or shown != _expr(default):
-            parts.append(f"{name}={shown}")
-    return ", ".join(parts)
-
-
-def _default_padding(layer: LayerIR) -> Expr:
-    kernel, dilation = layer.attrs["kernel"], layer.attrs["dilation"]
-    return fold(BinOp("//", BinOp("*", dilation, BinOp("-", kernel, Const(1))), Const(2)))  # type: ignore[arg-type]
-
-
-def _conv(layer: LayerIR, channels: Expr) -> str:
-    a = layer.attrs
-    padding = a["padding"] if a["padding"] is not None else _default_padding(layer)
-    options = _keywords(
-        [
-            ("kernel_size", a["kernel"], None),
-            ("stride", a["stride"], Const(1)),
-            ("padding", padding, Const(0)),
-            ("dilation", a["dilation"], Const(1)),
-            ("groups", a["groups"], Const(1)),
-            ("bias", a["bias"], True),
-        ]
-    )
-    return f"nn.Conv2d({_expr(channels)}, {_expr(a['out'])}, {options})"
-
-
-def _batchnorm(layer: LayerIR, channels: Expr) -> str:
-    options = _keywords([("eps", layer.attrs["eps"], 1e-5), ("momentum", layer.attrs["momentum"], 0.1)])
-    return f"nn.BatchNorm2d({_expr(channels)}{', ' + options if options else ''})"
-
-
-def _linear(layer: LayerIR, channels: Expr) -> str:
-    options = _keywords([("bias", layer.attrs["bias"], True)])
-    return f"nn.Linear({_expr(channels)}, {_expr(layer.attrs['out'])}{', ' + options if options else ''})"
-
-
-def _pool_options(layer: LayerIR) -> str:
-    stride = layer.attrs["stride"] if layer.attrs["stride"] is not None else layer.attrs["kernel"]
-    return _keywords(
-        [
-            ("kernel_size", layer.attrs["kernel"], None),
-            ("stride", stride, layer.attrs["kernel"]),
-            ("padding", layer.attrs["padding"], Const(0)),
-        ]
-    )
-
-
-# Ops with weights are modules; the others are written as calls in `forward`, except inside
-# an nn.Sequential block, which needs a module for everything.
-MODULES: dict[str, Callable[[LayerIR, Expr], str]] = {
-    "conv": _conv,
-    "batchnorm": _batchnorm,
-    "linear": _linear,
-    "relu": lambda layer, channels: "nn.ReLU()",
-    "sigmoid": lambda layer, channels: "nn.Sigmoid()",
-    "maxpool": lambda layer, channels: f"nn.MaxPool2d({_pool_options(layer)})",
-    "avgpool": lambda layer, channels: f"nn.AvgPool2d({_pool_options(layer)})",
-    "global_avg_pool": lambda layer, channels: "nn.AdaptiveAvgPool2d(1)",
-    "flatten": lambda layer, channels: "nn.Flatten()",
-    "dropout": lambda layer, channels: f"nn.Dropout(p={_literal(layer.attrs['p'])})",
-}
-WEIGHTED = ("conv", "batchnorm", "linear")
-CALLS: dict[str, Callable[[LayerIR, list[str]], str]] = {
-    "relu": lambda layer, args: f"F.relu({args[0]})",
-    "maxpool": lambda layer, args: f"F.max_pool2d({args[0]}, {_pool_options(layer)})",
-    "avgpool": lambda layer, args: f"F.avg_pool2d({args[0]}, {_pool_options(layer)})",
-    "global_avg_pool": lambda layer, args: f"F.adaptive_avg_pool2d({args[0]}, 1)",
-    "flatten": lambda layer, args: f"torch.flatten({args[0]}, 1)",
-    "dropout": lambda layer, args: f"F.dropout({args[0]}, p={_literal(layer.attrs['p'])}, training=self.training)",
-    "add": lambda layer, args: " + ".join(args),
-    "mul": lambda layer, args: " * ".join(args),
-    "sigmoid": lambda layer, args: f"torch.sigmoid({args[0]})",
-}
+__all__ = ["RenderError", "audit", "render"]
 
 
 def _variables(scope: Scope) -> dict[str, str]:
@@ -186,31 +77,53 @@ def _docstring(text: str) -> str:
 class _ClassWriter:
     def __init__(self, model: Model) -> None:
         self.model = model
+        self._aliasing: dict[str, Aliasing] = {}
+
+    def aliasing(self, scope: Scope) -> Aliasing:
+        if scope.name not in self._aliasing:
+            self._aliasing[scope.name] = analyse(scope, self.model.blocks)
+        return self._aliasing[scope.name]
 
     def block(self, scope: Scope) -> dict[str, object]:
         params = ", ".join(
-            f"{name}: int" if default is None else f"{name}: int = {_literal(default)}"
+            f"{name}: int" if default is None else f"{name}: int = {literal(default)}"
             for name, default in scope.params.items()
         )
         signature = "self, in_channels: int" + (f", *, {params}" if params else "")
         if scope.is_sequential:
-            modules = [f"    {MODULES[layer.op](layer, scope.channels_in(layer))}," for layer in scope.layers]
+            modules = [f"    {self._module(scope, layer, scope.channels_in(layer))}," for layer in scope.layers]
             init = ["super().__init__(", *modules, ")"]
             return self._class(scope, "nn.Sequential", signature, init, [])
-        lets = [f"{name} = {_expr(value)}" for name, value in scope.lets.items()]
+        lets = [f"{name} = {expression(value)}" for name, value in scope.lets.items()]
         init = ["super().__init__()", *lets, *self._members(scope)]
         return self._class(scope, "nn.Module", signature, init, self._forward(scope, {}))
 
     def body(self) -> dict[str, object]:
         scope = self.model.body
-        params = ", ".join(f"{name}: int = {_literal(scope.params[name])}" for name in ("num_classes", "in_channels"))
-        params += f", zero_init_residual: bool = {_literal(self.model.zero_init_residual)}"
+        params = ", ".join(f"{name}: int = {literal(scope.params[name])}" for name in ("num_classes", "in_channels"))
+        params += f", zero_init_residual: bool = {literal(self.model.zero_init_residual)}"
         init = ["super().__init__()", *self._members(scope), "self.init_weights(zero_init_residual)"]
         forward = self._forward(scope, self.model.body_shapes)
         return self._class(scope, "nn.Module", f"self, {params}", init, forward, self._init_weights())
 
     def _init_weights(self) -> list[str]:
-        lines = list(_INIT_WEIGHTS)
+        """He initialisation for convolutions and identity norms, as torchvision does it, so that a
+        generated model trains like the reference: each op's own `torch_init` lines."""
+        used = {node.op for node in self.model.graph.nodes}
+        rules = [op.torch_init for op in ops.REGISTRY.values() if op.torch_init is not None and op.name in used]
+        lines = [
+            "def init_weights(self, zero_init_residual: bool = False) -> None:",
+            '    """He initialisation for convolutions; norms start as the identity.',
+            "",
+            "    With zero_init_residual, the last BatchNorm of each residual branch starts at zero, so that",
+            '    every residual block starts as the identity (Goyal et al. 2017)."""',
+            "    for module in self.modules():",
+        ]
+        for index, (module_class, body) in enumerate(rules):
+            lines.append(f"        {'elif' if index else 'if'} isinstance(module, {module_class}):")
+            lines += [f"            {line}" for line in body]
+        if not rules:
+            lines.append("        pass")
         blocks = [block for block in self.model.blocks.values() if block.residual_batchnorms]
         if blocks:
             lines += ["    if zero_init_residual:", "        for module in self.modules():"]
@@ -247,10 +160,12 @@ class _ClassWriter:
         forward: list[str],
         extra: list[str] | None = None,
     ) -> dict[str, object]:
-        text = scope.doc or f"The {scope.name} block."
         if scope is self.model.body:
             c, h, w = self.model.input_shape
+            text = scope.doc or f"{scope.class_name}, compiled by resnetc from {self.model.file_name}."
             text += f"\n\nBuilt for inputs of shape (N, {c}, {h}, {w}); any size that survives the downsampling works."
+        else:
+            text = scope.doc or f"The {scope.name} block."
         return {
             "name": scope.class_name,
             "base": base,
@@ -261,22 +176,31 @@ class _ClassWriter:
             "extra": extra or [],
         }
 
-    def _is_member(self, scope: Scope, layer: LayerIR) -> bool:
-        """Weighted layers are modules; so is any other op whose settings read the block's parameters,
-        because `forward` cannot see them."""
-        if layer.op in WEIGHTED:
-            return True
-        symbolic = [
-            value for value in layer.attrs.values() if isinstance(value, (expressions.Name, expressions.Neg, BinOp))
-        ]
-        return scope is not self.model.body and layer.op in MODULES and any(expressions.names(v) for v in symbolic)
+    def _module(self, scope: Scope, layer: LayerIR, channels: Expr) -> str:
+        """The module that computes `layer` (in place when every layer that applies it may overwrite)."""
+        source = ops.get(layer.op).torch_module(layer, channels, self._in_place(scope, layer.name))
+        if source is None:
+            raise unsupported(BACKEND, layer.op, layer.name, layer.origin.at(), "no module form")
+        return source
+
+    def _in_place(self, scope: Scope, module: str) -> bool:
+        appliers = [layer.name for layer in scope.layers if layer.module_name == module]
+        return all(name in self.aliasing(scope).in_place for name in appliers)
+
+    @staticmethod
+    def _is_member(layer: LayerIR) -> bool:
+        """A module attribute of its own: what torchvision makes a module (convolutions, norms,
+        activations, pools, linear), not a layer that applies an earlier layer's module again."""
+        op = ops.get(layer.op)
+        return op.torch_member and not op.structural and layer.module is None
 
     def _members(self, scope: Scope) -> list[str]:
         lines = []
         for layer in scope.layers:
-            channels = self._features(scope, layer) if layer.op == "linear" else scope.channels_in(layer)
-            if self._is_member(scope, layer):
-                lines.append(f"self.{layer.name} = {MODULES[layer.op](layer, channels)}")
+            op = ops.get(layer.op)
+            channels = self._features(scope, layer) if op.input_rank == 1 else scope.channels_in(layer)
+            if self._is_member(layer):
+                lines.append(f"self.{layer.name} = {self._module(scope, layer, channels)}")
             elif layer.op == "stage":
                 lines.extend(self._stage(layer, channels))
             elif layer.op == "shortcut":
@@ -284,7 +208,7 @@ class _ClassWriter:
         return lines
 
     def _features(self, scope: Scope, layer: LayerIR) -> Expr:
-        """A linear layer's input size: a flattened (C, H, W) map has C*H*W features (linear is top-level only)."""
+        """A flat-input layer's input size: a flattened (C, H, W) map has C*H*W features (top level only)."""
         source = layer.inputs[0]
         shape = self.model.input_shape if source == "input" else self.model.body_shapes[source]
         features, channels = prod(shape), scope.channels_in(layer)
@@ -298,10 +222,10 @@ class _ClassWriter:
         model = self.model
         reshaper = ZERO_PAD_CLASS if model.shortcut_option == "A" else model.blocks[model.projection].class_name
         out, stride = layer.attrs["out"], layer.attrs["stride"]
-        call = f"{reshaper}({_expr(reshaped_channels)}, out={_expr(out)}, stride={_expr(stride)})"
+        call = f"{reshaper}({expression(reshaped_channels)}, out={expression(out)}, stride={expression(stride)})"
         if model.shortcut_option == "C":
             return f"self.{layer.name} = {call}"
-        condition = f"{_expr(stride)} != 1 or {_expr(channels)} != {_expr(out)}"
+        condition = f"{expression(stride)} != 1 or {expression(channels)} != {expression(out)}"
         return f"self.{layer.name} = {call} if {condition} else None"
 
     def _stage(self, layer: LayerIR, channels: Expr) -> list[str]:
@@ -320,36 +244,30 @@ class _ClassWriter:
         return [f"self.{layer.name} = nn.Sequential(", *(f"    {item}," for item in items), ")"]
 
     def _block_call(self, block: Scope, instance: BlockInstance, channels: Expr) -> str:
-        arguments = [_expr(channels)]
+        arguments = [expression(channels)]
         for name, default in block.params.items():
             value = instance.args[name]
             if default is None or value != default:
-                arguments.append(f"{name}={_literal(value)}")
+                arguments.append(f"{name}={literal(value)}")
         return f"{block.class_name}({', '.join(arguments)})"
-
-    @staticmethod
-    def _may_overwrite(scope: Scope, layer: LayerIR) -> bool:
-        """An op may work in place when its input is this scope's own value (never the caller's tensor)
-        and nothing else reads it."""
-        source = layer.inputs[0]
-        readers = sum(other.inputs.count(source) for other in scope.layers)
-        return source != "input" and readers == 1
 
     def _forward(self, scope: Scope, shapes: dict[str, tuple[int, ...]]) -> list[str]:
         holder = _variables(scope)
         lines = []
         for layer in scope.layers:
+            op = ops.get(layer.op)
             args = [holder[name] for name in layer.inputs]
-            if layer.op == "stage" or self._is_member(scope, layer):
-                value = f"self.{layer.name}({args[0]})"
+            if layer.op == "stage" or (op.torch_member and not op.structural):
+                value = f"self.{layer.module_name}({args[0]})"
             elif layer.op == "shortcut":
                 value = f"self.{layer.name}({args[-1]})"  # reshapes `project_from` where given
                 if self.model.shortcut_option != "C":
                     value = f"{args[0]} if self.{layer.name} is None else {value}"
             else:
-                value = CALLS[layer.op](layer, args)
-                if layer.op == "relu" and self._may_overwrite(scope, layer):
-                    value = f"F.relu({args[0]}, inplace=True)"  # as torchvision does: no new tensor
+                call = op.torch_call(layer, args)
+                if call is None:
+                    raise unsupported(BACKEND, layer.op, layer.name, layer.origin.at(), "no functional form")
+                value = call
             line = f"{holder[layer.name]} = {value}"
             if layer.name in shapes:
                 line += f"  # (N, {', '.join(str(size) for size in shapes[layer.name])})"
@@ -381,6 +299,7 @@ def render(model: Model) -> str:
         sha256=model.sha256,
         exports=[model.class_name] + [scope.class_name for scope in blocks] + [c["name"] for c in helpers],
         classes=classes,
+        functional=any("F." in line for cls in classes for line in [*cls["init"], *cls["forward"]]),  # type: ignore[misc]
     )
     audit(source, "<generated module>")
     return source

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from resnetc import ops
 from resnetc.ir.graph import Model, Node, Shape
-
-WEIGHTED_LAYERS = ("conv", "linear")
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,8 @@ def summarize(model: Model) -> Summary:
         name=model.class_name,
         params=sum(node.param_count for node in nodes),
         macs=sum(node.macs for node in nodes),
-        layers=sum(1 for node in nodes if node.op in WEIGHTED_LAYERS and not node.shortcut),
-        convolutions=sum(1 for node in nodes if node.op == "conv"),
+        layers=sum(1 for node in nodes if ops.get(node.op).counts_as_layer and not node.shortcut),
+        convolutions=sum(1 for node in nodes if ops.get(node.op).is_convolution),
         input=model.input_shape,
         output=model.graph.output_shape,
         rows=rows,

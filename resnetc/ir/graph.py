@@ -42,6 +42,12 @@ class LayerIR:
     origin: Origin
     block: str | None = None  # stage only: which block type it repeats
     args: dict[str, Expr] = field(default_factory=dict)  # stage only: arguments for every block
+    module: str | None = None  # applies the module of this earlier layer (`module:` in the spec)
+
+    @property
+    def module_name(self) -> str:
+        """The module attribute that computes this layer: its own, or the one it applies again."""
+        return self.module or self.name
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from resnetc import ops
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
-from resnetc.ir import shapes
 from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, Node, Origin, Scope
 from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
 from resnetc.ir.verify import verify
+from resnetc.ops.base import BLOCK, PLACES, SEQUENTIAL, TOP, ShapeError
 from resnetc.spec import expr as expressions
-from resnetc.spec.expr import Const, Expr
+from resnetc.spec.expr import Const, Expr, fold
 from resnetc.spec.load import LoadedSpec, Located
 from resnetc.spec.models import BlockDef, Layer
 from resnetc.spec.yaml_source import Path as DocPath
@@ -26,17 +27,6 @@ MODEL_PARAMS = ("num_classes", "in_channels")
 MAX_REPEAT = 10_000
 MAX_PARAMETERS = 4_000_000_000  # checked before any weight exists
 MAX_NODES = 200_000  # operations in the whole graph: bounds memory and time before anything is built
-_EXPRESSION_ATTRS = ("out", "kernel", "stride", "padding", "groups", "dilation")
-
-
-def fold(node: Expr) -> Expr:
-    """Constant-fold an expression (leaves it alone where a name or a division by zero remains)."""
-    if not expressions.names(node):
-        try:
-            return Const(expressions.evaluate(node, {}))
-        except expressions.ExprError:
-            return node
-    return node
 
 
 class _StaticChecks:
@@ -105,7 +95,7 @@ class _StaticChecks:
             for layer in layers
             if layer.op == "add" and shortcuts & set(layer.inputs)
             for name in layer.inputs
-            if name in by_name and by_name[name].op == "batchnorm"
+            if name in by_name and ops.get(by_name[name].op).is_norm
         )
         return Scope(
             name,
@@ -210,39 +200,78 @@ class _StaticChecks:
     ) -> tuple[LayerIR, ...]:
         result: list[LayerIR] = []
         sequential = all(name == str(i) for i, name in enumerate(layers))
+        place = TOP if top_level else SEQUENTIAL if sequential else BLOCK
         for index, (name, layer) in enumerate(layers.items()):
+            op = ops.get(layer.op)
             origin = Origin(source, (*path, name))
             if not sequential and (problem := identifier_problem(name)) is not None:
                 self.fail(source.key((*path, name)), f"layer {problem}", "E302")
-            if sequential and getattr(layer, "from_", None) not in (None, str(index - 1) if index else "input"):
+            placed = place in op.placement
+            if not placed:
+                where = " or ".join(PLACES[allowed_place] for allowed_place in sorted(op.placement))
+                self.fail(origin.at("op"), f"'{op.name}' {op.placement_rule or 'belongs ' + where}", "E305")
+            if (
+                placed
+                and sequential
+                and getattr(layer, "from_", None) not in (None, str(index - 1) if index else "input")
+            ):
                 self.fail(
                     origin.at("from"), "layers named 0, 1, 2, ... form a chain and cannot read other layers", "E304"
                 )
             inputs = self._inputs(layer, result, origin)
             attrs: dict[str, AttrValue] = {}
             for key, value in layer:
-                if key in ("op", "from_", "block", "args", "repeat", "project_from"):
+                if key in op.wiring_fields:
                     continue
-                attrs[key] = self._expression(value, allowed, origin, key) if key in _EXPRESSION_ATTRS else value
+                attrs[key] = self._expression(value, allowed, origin, key) if key in op.expression_fields else value
             block_name, args = None, {}
-            if layer.op == "shortcut" and top_level:
-                self.fail(origin.at("op"), "a shortcut belongs inside a block, next to the add it feeds", "E305")
-            if layer.op in ("flatten", "linear") and not top_level:
-                # A block's code is written once for every input size, and a flattened size depends on it.
-                self.fail(origin.at("op"), f"{layer.op} belongs at the top level of a spec, in the head", "E305")
-            if layer.op == "stage":
-                if not top_level:
-                    self.fail(origin.at("op"), "stages belong at the top level of a spec, not inside a block", "E305")
+            if layer.op == "stage" and placed:  # a misplaced stage is not expanded (its block may be this one)
                 block_name = layer.block
-                attrs["repeat"] = layer.repeat
+                attrs["stride"] = Const(layer.stride)  # evaluated like any other attribute
                 if not 1 <= layer.repeat <= MAX_REPEAT:
                     self.fail(
                         origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306"
                     )
                 args = {key: Const(value) for key, value in layer.args.items()}
                 self._check_stage(layer.block, args, layer.stride, origin)
-            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args))
+            module = getattr(layer, "module", None)
+            if module is not None:
+                self._check_reuse(op, name, module, attrs, result, origin, sequential)
+            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module))
         return tuple(result)
+
+    def _check_reuse(
+        self,
+        op: ops.Op,
+        name: str,
+        module: str,
+        attrs: dict[str, AttrValue],
+        earlier: list[LayerIR],
+        origin: Origin,
+        sequential: bool,
+    ) -> None:
+        """`module: relu` applies the module of the earlier layer `relu` again: same op, same settings."""
+        target = next((layer for layer in earlier if layer.name == module), None)
+        if sequential:
+            problem = "a numbered (sequential) block has one module per layer and cannot apply one twice"
+        elif not op.parameter_free or op.structural or not op.torch_member:
+            problem = f"'{op.name}' layers have their own weights or no module, so they cannot share one"
+        elif target is None:
+            choices = [layer.name for layer in earlier if layer.op == op.name and layer.module is None]
+            problem = f"'{module}' is not an earlier '{op.name}' layer" + (
+                "; 'module' can name: " + ", ".join(choices) if choices else ""
+            )
+        elif target.op != op.name or target.module is not None:
+            problem = (
+                f"'{module}' is a '{target.op}' layer"
+                + (f" that applies '{target.module}'" if target.module else "")
+                + f"; '{name}' can only apply an earlier '{op.name}' layer's own module"
+            )
+        elif target.attrs != attrs:
+            problem = f"'{name}' and '{module}' have different settings, so they cannot share one module"
+        else:
+            return
+        self.fail(origin.at("module"), problem, "E311")
 
     def _inputs(self, layer: Layer, earlier: list[LayerIR], origin: Origin) -> tuple[str, ...]:
         reference = getattr(layer, "from_", None)
@@ -316,13 +345,13 @@ class _StaticChecks:
         """Channels of every value of a scope, as expressions over its parameters."""
         produced: dict[str, Expr] = {"input": expressions.Name("in_channels")}
         for layer in layers:
-            channels = produced.get(layer.inputs[0], Const(0))
-            if layer.op in ("conv", "linear", "shortcut"):
-                produced[layer.name] = layer.attrs["out"]  # type: ignore[assignment]
-            elif layer.op == "stage" and layer.block in self.blocks:
-                produced[layer.name] = self._stage_channels(layer, channels)
+            inputs = [produced.get(name, Const(0)) for name in layer.inputs]
+            if layer.op == "stage":
+                produced[layer.name] = (
+                    self._stage_channels(layer, inputs[0]) if layer.block in self.blocks else Const(0)
+                )
             else:
-                produced[layer.name] = channels
+                produced[layer.name] = ops.get(layer.op).channels(layer.attrs, inputs)
         return produced
 
     def _stage_channels(self, layer: LayerIR, channels: Expr) -> Expr:
@@ -409,7 +438,7 @@ class _Instantiator:
         values = {"input": source}
         for layer in scope.layers:
             inputs = [values[name] for name in layer.inputs]
-            if layer.op == "stage":
+            if layer.op == "stage":  # the structural ops expand into blocks and projections
                 values[layer.name] = self.stage(layer, env, prefix, inputs[0])
             elif layer.op == "shortcut":
                 values[layer.name] = self.shortcut(layer, env, prefix, inputs)
@@ -420,16 +449,15 @@ class _Instantiator:
     def primitive(self, layer: LayerIR, env: dict[str, int], prefix: str, inputs: list[str], shortcut: bool) -> str:
         attrs = {key: self.evaluate(layer, key, env, prefix) for key in layer.attrs}
         try:
-            inferred = shapes.RULES[layer.op](attrs, [self.shapes[name] for name in inputs])
-        except shapes.ShapeError as error:
-            code = "E402" if "mismatch" in str(error) else "E403" if "reaches zero" in str(error) else "E401"
-            raise self.fail(layer, error.key, str(error), prefix, code) from None
+            inferred = ops.get(layer.op).infer(attrs, [self.shapes[name] for name in inputs])
+        except ShapeError as error:
+            raise self.fail(layer, error.key, str(error), prefix, error.code) from None
         name = prefix + layer.name
         node = Node(
             name,
             layer.op,
             tuple(inputs),
-            inferred.attrs,
+            {**attrs, **inferred.resolved},  # type: ignore[dict-item]
             inferred.shape,
             inferred.params,
             inferred.buffers,

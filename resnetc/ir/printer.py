@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from resnetc.ir.graph import Model, Shape
 
-FORMATS = ("mermaid", "dot")
-
 
 def _shape(shape: Shape) -> str:
     return "x".join(map(str, shape))

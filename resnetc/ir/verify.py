@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from resnetc.ir.graph import Graph
-from resnetc.ir.shapes import RULES
+from resnetc.ops import REGISTRY
 
 
 class IRError(AssertionError):
@@ -16,7 +16,7 @@ def verify(graph: Graph) -> None:
     for node in graph.nodes:
         if node.name in defined:
             raise IRError(f"value {node.name!r} is defined twice")
-        if node.op not in RULES:
+        if node.op not in REGISTRY or REGISTRY[node.op].structural:
             raise IRError(f"node {node.name!r} has unknown op {node.op!r}")
         for value in node.inputs:
             if value not in defined:

@@ -1,6 +1,5 @@
-"""Reading specs: YAML with source positions, validated by pydantic models."""
+"""Reading specs: YAML with source positions, validated by pydantic models.
 
-from resnetc.spec.load import load_spec, load_spec_text
-from resnetc.spec.models import Spec
-
-__all__ = ["Spec", "load_spec", "load_spec_text"]
+`load_spec` and `load_spec_text` are in `resnetc.spec.load`; this package imports nothing eagerly, because
+the op registry (`resnetc.ops`) builds on `resnetc.spec.fields` and the spec models build on the registry.
+"""

@@ -183,3 +183,13 @@ def to_python(node: Expr, parent_precedence: int = 0, right_side: bool = False) 
     # Left-associative operators: a right operand of equal precedence needs parentheses.
     needs = precedence < parent_precedence or (right_side and precedence == parent_precedence)
     return f"({text})" if needs else text
+
+
+def fold(node: Expr) -> Expr:
+    """Constant-fold an expression (leaves it alone where a name or a division by zero remains)."""
+    if not names(node):
+        try:
+            return Const(evaluate(node, {}))
+        except ExprError:
+            return node
+    return node

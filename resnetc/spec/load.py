@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from resnetc import ops
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
-from resnetc.spec.models import OPS, BlockDef, Library, Spec
+from resnetc.spec.models import BlockDef, Library, Spec
 from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap, read_yaml, spelling
 
@@ -89,7 +90,7 @@ def _document_path(data: Any, loc: tuple[Any, ...]) -> DocPath:
 def _help(item: dict[str, Any], model: type[BaseModel], data: Any, path: DocPath) -> str | None:
     """A likely fix: the closest known op, or the closest allowed key."""
     if item["type"] == "union_tag_invalid":
-        return did_you_mean(str(item.get("ctx", {}).get("tag")), OPS)
+        return did_you_mean(str(item.get("ctx", {}).get("tag")), ops.spec_op_names())
     if item["type"] == "extra_forbidden":
         parent = data
         for segment in path[:-1]:
@@ -101,16 +102,14 @@ def _help(item: dict[str, Any], model: type[BaseModel], data: Any, path: DocPath
 
 def _allowed_keys(model: type[BaseModel], parent: Any, depth: int, path: DocPath) -> list[str]:
     """The keys a mapping may have: from the layer model its `op` selects, or the top-level model."""
-    from resnetc.spec import models
-
-    if isinstance(parent, dict) and isinstance(parent.get("op"), str):
-        for candidate in models.Layer.__origin__.__args__:  # type: ignore[attr-defined]
-            if parent["op"] in candidate.model_fields["op"].annotation.__args__:
-                return [field.alias or name for name, field in candidate.model_fields.items()]
+    if isinstance(parent, dict) and parent.get("op") in ops.spec_op_names():
+        fields = ops.get(parent["op"]).fields
+        assert fields is not None
+        return [field.alias or name for name, field in fields.model_fields.items()]
     if depth == 0:
         return [field.alias or name for name, field in model.model_fields.items()]
     if len(path) == 3 and path[0] == "blocks":
-        return list(models.BlockDef.model_fields)
+        return list(BlockDef.model_fields)
     return []
 
 

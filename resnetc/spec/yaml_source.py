@@ -73,10 +73,6 @@ class SourceMap:
             path = path[:-1]
         return table.get(path, Location(self.path, 1, 1))
 
-    def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else ""
-
 
 def spelling(value: Any) -> str:
     """A value as a spec writes it: `true`, `null`, `'64'`, not Python's `True`, `None`."""

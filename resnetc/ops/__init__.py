@@ -1,0 +1,15 @@
+"""The ops of resnetc, one definition each (see `base.Op`), collected in `registry.REGISTRY`.
+
+To add an op: write one `Op` subclass with `@register` in the module of its kind (or a new module
+imported below), then regenerate the schema and the README table (`python -m resnetc.docs`).
+"""
+
+# isort: off
+# The order of these imports is the registry's order: the schema's, the README table's, the hints'.
+from resnetc.ops import conv, norm, activation, pool, dense, merge, structure  # noqa: F401  (they register)
+
+# isort: on
+from resnetc.ops.base import Op
+from resnetc.ops.registry import REGISTRY, get, spec_op_names, spec_ops
+
+__all__ = ["REGISTRY", "Op", "get", "spec_op_names", "spec_ops"]

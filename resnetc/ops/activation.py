@@ -1,0 +1,166 @@
+"""Element-wise activations: one input, one output of the same shape, no weights."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from resnetc.ops import source
+from resnetc.ops.base import OnnxGraph, Op
+from resnetc.ops.registry import register
+from resnetc.spec.expr import Expr
+from resnetc.spec.fields import LayerFields
+
+if TYPE_CHECKING:
+    from resnetc.ir.graph import LayerIR, Node
+
+
+def _inplace(inplace: bool) -> str:
+    return "inplace=True" if inplace else ""
+
+
+class ReLUFields(LayerFields):
+    op: Literal["relu"]
+
+
+@register
+class ReLU(Op):
+    fields = ReLUFields
+    doc = "max(x, 0) (`nn.ReLU`, in place where the IR's alias analysis allows, ONNX `Relu`)"
+    saves_output = True  # ReLU's backward reads its output
+
+    def in_place(self, attrs: dict[str, Any]) -> bool:
+        return True
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return source.call("nn.ReLU", _inplace(inplace))
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("Relu", inputs, [output], node.name)
+        return True
+
+
+class SigmoidFields(LayerFields):
+    op: Literal["sigmoid"]
+
+
+@register
+class Sigmoid(Op):
+    fields = SigmoidFields
+    doc = "1 / (1 + exp(-x)) (`nn.Sigmoid`, ONNX `Sigmoid`), e.g. the gate of squeeze-and-excitation"
+    saves_output = True
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return "nn.Sigmoid()"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("Sigmoid", inputs, [output], node.name)
+        return True
+
+
+class GELUFields(LayerFields):
+    op: Literal["gelu"]
+    approximate: Literal["none", "tanh"] = "none"  # "none": the exact x * Phi(x); "tanh": its tanh form
+
+
+@register
+class GELU(Op):
+    fields = GELUFields
+    doc = "x * Phi(x), exact or tanh-approximated (`nn.GELU`; ONNX `Gelu` from opset 20, else Erf/Tanh arithmetic)"
+    example: ClassVar[dict[str, Any]] = {"approximate": "tanh"}
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        approximate = layer.attrs["approximate"]
+        shown = "" if approximate == "none" else f"approximate={source.text(approximate, ('none', 'tanh'))}"
+        return source.call("nn.GELU", shown)
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        x, name, approximate = inputs[0], node.name, node.attrs["approximate"]
+        if graph.opset >= 20:
+            graph.node("Gelu", inputs, [output], name, approximate=approximate)
+            return True
+        if approximate == "none":  # 0.5 * x * (1 + erf(x / sqrt(2)))
+            graph.node("Div", [x, graph.scalar(f"{name}.sqrt2", math.sqrt(2.0))], [f"{name}.scaled"], f"{name}.div")
+            graph.node("Erf", [f"{name}.scaled"], [f"{name}.erf"], f"{name}.erf")
+            inner = f"{name}.erf"
+        else:  # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
+            graph.node("Mul", [x, x], [f"{name}.x2"], f"{name}.x2")
+            graph.node("Mul", [f"{name}.x2", x], [f"{name}.x3"], f"{name}.x3")
+            graph.node("Mul", [f"{name}.x3", graph.scalar(f"{name}.c", 0.044715)], [f"{name}.cx3"], f"{name}.cx3")
+            graph.node("Add", [x, f"{name}.cx3"], [f"{name}.sum"], f"{name}.sum")
+            scale = graph.scalar(f"{name}.k", math.sqrt(2.0 / math.pi))
+            graph.node("Mul", [f"{name}.sum", scale], [f"{name}.arg"], f"{name}.arg")
+            graph.node("Tanh", [f"{name}.arg"], [f"{name}.tanh"], f"{name}.tanh")
+            inner = f"{name}.tanh"
+        graph.node("Add", [inner, graph.scalar(f"{name}.one", 1.0)], [f"{name}.plus1"], f"{name}.plus1")
+        graph.node("Mul", [x, f"{name}.plus1"], [f"{name}.xp"], f"{name}.xp")
+        graph.node("Mul", [f"{name}.xp", graph.scalar(f"{name}.half", 0.5)], [output], name)
+        return True
+
+
+class LeakyReLUFields(LayerFields):
+    op: Literal["leaky_relu"]
+    negative_slope: float = Field(default=0.01, allow_inf_nan=False)
+
+
+@register
+class LeakyReLU(Op):
+    fields = LeakyReLUFields
+    doc = "x for x >= 0, negative_slope * x below (`nn.LeakyReLU`, ONNX `LeakyRelu`)"
+    example: ClassVar[dict[str, Any]] = {"negative_slope": 0.2}
+
+    def in_place(self, attrs: dict[str, Any]) -> bool:
+        return float(attrs["negative_slope"]) >= 0  # autograd refuses in-place backward for a negative slope
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        slope = source.keywords([("negative_slope", float(layer.attrs["negative_slope"]), 0.01)])
+        return source.call("nn.LeakyReLU", slope, _inplace(inplace))
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("LeakyRelu", inputs, [output], node.name, alpha=float(node.attrs["negative_slope"]))
+        return True
+
+
+class HardswishFields(LayerFields):
+    op: Literal["hardswish"]
+
+
+@register
+class Hardswish(Op):
+    fields = HardswishFields
+    doc = "x * relu6(x + 3) / 6 (`nn.Hardswish`; ONNX `HardSwish` from opset 14, else `HardSigmoid` and `Mul`)"
+
+    def in_place(self, attrs: dict[str, Any]) -> bool:
+        return True
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return source.call("nn.Hardswish", _inplace(inplace))
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        if graph.opset >= 14:
+            graph.node("HardSwish", inputs, [output], node.name)
+            return True
+        gate = f"{node.name}.gate"
+        graph.node("HardSigmoid", inputs, [gate], gate, alpha=1.0 / 6.0, beta=0.5)
+        graph.node("Mul", [inputs[0], gate], [output], node.name)
+        return True
+
+
+class IdentityFields(LayerFields):
+    op: Literal["identity"]
+
+
+@register
+class Identity(Op):
+    fields = IdentityFields
+    doc = "the input itself (`nn.Identity`, ONNX `Identity`): a named place to hook, or a disabled layer"
+    aliases_input = True
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return "nn.Identity()"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("Identity", inputs, [output], node.name)
+        return True

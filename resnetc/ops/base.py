@@ -1,0 +1,193 @@
+"""What an op is: the one definition that validation, lowering, analysis, weights and both backends read.
+
+An `Op` subclass holds everything about one primitive: its spec fields (a pydantic model), where it
+may stand, its channel and shape rule with parameters, buffers and MACs, its seeded initialisation,
+its PyTorch emission (module and call, in place or not, aliasing or not) and its ONNX emission per
+opset. `resnetc.ops.registry` collects them; nothing else keeps a list of op names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from resnetc.errors import SpecError
+from resnetc.spec.expr import Expr
+from resnetc.spec.fields import StrictModel, expression_fields
+
+if TYPE_CHECKING:
+    from resnetc.ir.graph import LayerIR, Node
+
+Shape = tuple[int, ...]  # one sample's shape: (C, H, W) or (features,); the batch is implicit
+Attrs = dict[str, Any]  # evaluated attributes: ints, floats, bools, strings, None for "default"
+
+TOP, BLOCK, SEQUENTIAL = "top", "block", "sequential"
+EVERYWHERE = frozenset({TOP, BLOCK, SEQUENTIAL})
+PLACES = {TOP: "at the top level of a spec", BLOCK: "inside a block", SEQUENTIAL: "inside a numbered block"}
+
+
+class ShapeError(ValueError):
+    """A layer's settings do not fit its inputs. `key` is the spec key to blame, `code` the diagnostic code."""
+
+    def __init__(self, message: str, key: str | None = None, code: str = "E401") -> None:
+        super().__init__(message)
+        self.key = key
+        self.code = code
+
+
+@dataclass
+class Inferred:
+    """What a shape rule finds for one concrete layer. `resolved` fills in defaults (padding, stride)
+    and derived facts (input channels) on top of the layer's own attributes."""
+
+    shape: Shape
+    resolved: Attrs = field(default_factory=dict)
+    params: dict[str, Shape] = field(default_factory=dict)  # learnable: weight, bias
+    buffers: dict[str, Shape] = field(default_factory=dict)  # running statistics
+    macs: int = 0
+
+
+class OnnxGraph(Protocol):
+    """What an op's ONNX emitter may do: add nodes and int64 constants to the graph being built."""
+
+    opset: int
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None: ...
+
+    def constant(self, name: str, values: list[int]) -> str: ...
+
+    def scalar(self, name: str, value: float) -> str: ...
+
+
+class Op:
+    """One primitive op. Subclasses set the class attributes they need and override the rules."""
+
+    fields: ClassVar[type[StrictModel] | None] = None  # the spec's keys, types and defaults; None: internal op
+    internal_name: ClassVar[str] = ""  # the name of an op that specs cannot write (made by lowering)
+    doc: ClassVar[str] = ""  # one line, for the README table and the schema
+    placement: ClassVar[frozenset[str]] = EVERYWHERE
+    placement_rule: ClassVar[str] = ""  # why it stands only where it may, for the error message
+    arity: ClassVar[int | None] = 1  # how many inputs; None: two or more
+    structural: ClassVar[bool] = False  # expanded by lowering (stage, shortcut), not a graph node
+    # How the op counts: a weighted layer on the main path (He et al.'s depth), a convolution, a norm
+    # that ends a residual branch (zero_init_residual zeroes its weight).
+    counts_as_layer: ClassVar[bool] = False
+    is_convolution: ClassVar[bool] = False
+    is_norm: ClassVar[bool] = False
+    # PyTorch emission.
+    torch_member: ClassVar[bool] = True  # a module attribute (as torchvision has it); False: a call in forward
+    aliases_input: ClassVar[bool] = False  # the output may be the input tensor itself (a view, identity)
+    saves_output: ClassVar[bool] = False  # autograd keeps the output for backward: it must not be overwritten
+    torch_init: ClassVar[tuple[str, tuple[str, ...]] | None] = None  # (module class, init lines) for init_weights
+    # A small valid use of the op, for the registry test (merged into `{op: name}`).
+    example: ClassVar[dict[str, Any]] = {}
+    input_rank: ClassVar[int] = 3  # the rank of the input the example needs: 3 (C, H, W) or 1 (features)
+
+    @property
+    def name(self) -> str:
+        if self.fields is None:
+            return self.internal_name
+        return self.fields.model_fields["op"].annotation.__args__[0]  # type: ignore[union-attr]
+
+    @property
+    def expression_fields(self) -> tuple[str, ...]:
+        return expression_fields(self.fields) if self.fields is not None else ()
+
+    @property
+    def wiring_fields(self) -> tuple[str, ...]:
+        """Fields that say where inputs come from or what to expand, not how to compute: not attributes."""
+        return ("op", "from_", "module")
+
+    @property
+    def parameter_free(self) -> bool:
+        """Whether the op never has weights (so one module of it may be applied at several places)."""
+        return not self.counts_as_layer and not self.is_norm
+
+    # ---- spec and shapes -------------------------------------------------------------------------
+
+    def keys(self) -> list[tuple[str, object]]:
+        """The op's own spec keys with their defaults (`...` for required), for documentation. `from` is
+        listed where it has a default of its own (the shortcut's `input`); `module` is common to all."""
+        if self.fields is None:
+            return []
+        listed = []
+        for key, info in self.fields.model_fields.items():
+            required = info.is_required()
+            default = ... if required else info.get_default(call_default_factory=True)
+            if key in ("op", "module") or (key == "from_" and (required or default is None)):
+                continue
+            listed.append((info.alias or key, default))
+        return listed
+
+    def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
+        """The output's channels as an expression over the block's parameters (attributes unevaluated)."""
+        return inputs[0]
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        """Output shape, resolved attributes, parameter and buffer shapes, MACs; ShapeError if they do not fit."""
+        return Inferred(shapes[0])
+
+    def initial(self, key: str, shape: Shape, params: dict[str, Shape], rng: np.random.Generator) -> np.ndarray:
+        """Seeded initial value of one parameter or buffer (only ops with weights are asked)."""
+        return np.zeros(shape, np.float32)
+
+    # ---- PyTorch ---------------------------------------------------------------------------------
+
+    def in_place(self, attrs: dict[str, Any]) -> bool:
+        """Whether the op can overwrite its input (where the IR's alias analysis says it may)."""
+        return False
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str | None:
+        """Source of the nn.Module that computes the op (`nn.ReLU(inplace=True)`), or None if it has none."""
+        return None
+
+    def torch_call(self, layer: LayerIR, args: list[str]) -> str | None:
+        """Source of the expression that computes the op in `forward` when it is not a module."""
+        return None
+
+    # ---- ONNX ------------------------------------------------------------------------------------
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        """Add the op's ONNX nodes; False when this opset cannot express it."""
+        return False
+
+
+def unsupported(backend: str, op: str, node_name: str, where: Any, detail: str = "") -> SpecError:
+    """The error a backend gives for an op it cannot express: backend, op and spec location named."""
+    extra = f" ({detail})" if detail else ""
+    return SpecError.at(where, f"the {backend} backend cannot express op '{op}' (layer {node_name}){extra}", "E406")
+
+
+# ---- helpers shared by the shape rules ---------------------------------------------------------------
+
+
+def image(shapes: list[Shape], op: str) -> tuple[int, int, int]:
+    if len(shapes[0]) != 3:
+        raise ShapeError(f"{op} needs a (channels, height, width) input, got shape {shapes[0]}", "from")
+    channels, height, width = shapes[0]
+    return channels, height, width
+
+
+def positive(attrs: Attrs, *keys: str) -> None:
+    for key in keys:
+        if attrs[key] is None or attrs[key] < 1:
+            raise ShapeError(f"{key} must be at least 1, got {attrs[key]}", key)
+
+
+def window(size: int, kernel: int, stride: int, padding: int, dilation: int, what: str, ceil_mode: bool = False) -> int:
+    """Output size of a sliding window, PyTorch's rule (with ceil_mode, a last window must start inside
+    the input or its left padding)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1 if span >= 0 else 0
+    if ceil_mode and out > 0 and (out - 1) * stride >= size + padding:
+        out -= 1
+    if out < 1:
+        raise ShapeError(
+            f"spatial size reaches zero: {what} of kernel {kernel} (dilation {dilation}, padding {padding}) "
+            f"does not fit an input of size {size}",
+            "kernel",
+            "E403",
+        )
+    return out

@@ -1,0 +1,198 @@
+"""The op registry is the only list of ops: every op, walked from it, works everywhere it may stand.
+
+For each registered op and each place it allows (the top level, a block, a numbered block) a tiny spec
+uses it; both backends are compiled, must agree in eval mode, and the generated module must train
+(forward and backward in training mode). Every place it does not allow is refused with E305. The
+schema and the README's op table list it, and the README's generated sections are current.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import resnetc
+from resnetc import docs, ops
+from resnetc.errors import SpecError
+from resnetc.ops.base import BLOCK, SEQUENTIAL, TOP
+from resnetc.spec.load import load_spec_text
+from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, model_class, state_arrays
+
+SPEC_OPS = ops.spec_ops()
+PRIMITIVES = [op for op in SPEC_OPS if not op.structural]
+HEAD = ["pool: {op: global_avg_pool}", "flat: {op: flatten}", "fc: {op: linear, out: num_classes}"]
+OPSETS = (13, 17, 21)  # the oldest, the default and the newest: emitters differ by opset (Gelu, HardSwish)
+
+
+def _flow(mapping: dict[str, object]) -> str:
+    return yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False).strip()
+
+
+def _use(op: ops.Op, source: str, other: str, name: str = "tested") -> list[str]:
+    """The op's example as a layer reading `source` (and `other`, for an op with several inputs)."""
+    reads: object = source if op.arity == 1 else [source, other]
+    return [f"{name}: {_flow({'op': op.name, **op.example, 'from': reads})}"]
+
+
+def _spec(body: list[str], blocks: list[str] = ()) -> str:
+    lines = ["version: 1", "name: TinyNet", "input: [3, 13, 13]", "num_classes: 5", "shortcut: B"]
+    if blocks:
+        lines += ["blocks:", *blocks]
+    lines += ["layers:", *(f"  {line}" for line in body)]
+    return "\n".join(lines) + "\n"
+
+
+def spec_using(op: ops.Op, place: str) -> str:
+    """A tiny spec that uses `op` at `place`, with whatever it needs around it."""
+    stem = "stem: {op: conv, out: 4, kernel: 3}"
+    if place == TOP:
+        if op.input_rank == 1:  # a flat input: pool and flatten first
+            body = [stem, *HEAD[:2], *_use(op, "flat", "flat"), "fc: {op: linear, out: num_classes}"]
+        else:
+            body = [stem, "other: {op: conv, out: 4, kernel: 1}", *_use(op, "stem", "other")]
+            body += ["fc: {op: linear, out: num_classes}"] if op.name == "flatten" else HEAD
+        return _spec(body)
+    if place == BLOCK:
+        layers = ["first: {op: conv, out: width, kernel: 3}", "other: {op: conv, out: width, kernel: 1}"]
+        layers += _use(op, "first", "other")
+    else:
+        reads = {} if op.arity == 1 else {"from": ["input", "input"]}  # several inputs: refused in a chain
+        layers = ['"0": {op: conv, out: width, kernel: 3}', f'"1": {_flow({"op": op.name, **op.example, **reads})}']
+    block = ["  tiny:", "    params: {width: null}", "    layers:", *(f"      {line}" for line in layers)]
+    return _spec([stem, "stage: {op: stage, block: tiny, repeat: 2, args: {width: 4}}", *HEAD], block)
+
+
+RESIDUAL = """\
+  res:
+    params: {width: null, stride: 1}
+    layers:
+      conv: {op: conv, out: width, kernel: 3, stride: stride}
+      bn: {op: batchnorm}
+      skip: {op: shortcut, from: input, out: width, stride: stride}
+      add: {op: add, from: [bn, skip]}
+      act: {op: relu}"""
+
+
+def structural_spec(option: str) -> str:
+    """`stage` at the top level, `shortcut` in a block: identity, then a change of shape."""
+    body = [
+        "stem: {op: conv, out: 4, kernel: 3}",
+        "one: {op: stage, block: res, repeat: 2, args: {width: 4}}",
+        "two: {op: stage, block: res, repeat: 1, args: {width: 8}, stride: 2}",
+        *HEAD,
+    ]
+    return _spec(body, RESIDUAL.splitlines()).replace("shortcut: B", f"shortcut: {option}")
+
+
+def check_both_backends(text: str, opset: int = 17) -> None:
+    model = resnetc.lower(load_spec_text(text, "tiny.yaml"))
+    net = model_class(resnetc.to_source(model))()
+    exercise_batchnorm(net, seed=5)
+    batch = np.random.default_rng(0).standard_normal((2, 3, 13, 13), dtype=np.float32)
+    # Training: forward and backward run (an in-place op that autograd needs intact would raise here).
+    net.train()
+    net(torch.from_numpy(batch)).square().mean().backward()
+    grads = [parameter.grad for parameter in net.parameters() if parameter.grad is not None]  # `other` may be unread
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+    net.eval()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(batch)).numpy()
+    proto = resnetc.to_onnx(model, weights=state_arrays(net), opset=opset)
+    assert_agree(cpu_session(proto).run(None, {"input": batch})[0], expected)
+
+
+CASES = [
+    pytest.param(op, place, opset, id=f"{op.name}-{place}-opset{opset}")
+    for op in PRIMITIVES
+    for place in (TOP, BLOCK, SEQUENTIAL)
+    if place in op.placement
+    for opset in (OPSETS if place == TOP else (17,))
+]
+
+
+@pytest.mark.parametrize(("op", "place", "opset"), CASES)
+def test_every_op_compiles_agrees_and_trains_where_it_may_stand(op: ops.Op, place: str, opset: int) -> None:
+    check_both_backends(spec_using(op, place), opset)
+
+
+@pytest.mark.parametrize("option", ["A", "B", "C"])
+def test_structural_ops_stage_and_shortcut(option: str) -> None:
+    check_both_backends(structural_spec(option))
+
+
+REFUSED = [
+    pytest.param(op, place, id=f"{op.name}-{place}")
+    for op in PRIMITIVES
+    for place in (TOP, BLOCK, SEQUENTIAL)
+    if place not in op.placement
+]
+
+
+@pytest.mark.parametrize(("op", "place"), REFUSED)
+def test_an_op_where_it_may_not_stand_is_refused_with_its_location(op: ops.Op, place: str) -> None:
+    text = spec_using(op, place)
+    with pytest.raises(SpecError) as caught:
+        resnetc.lower(load_spec_text(text, "tiny.yaml"))
+    placement = [d for d in caught.value.diagnostics if d.code == "E305"]
+    assert placement, caught.value
+    line = text.splitlines()[placement[0].location.line - 1]
+    assert f"op: {op.name}" in line
+
+
+def test_structural_ops_are_refused_out_of_place() -> None:
+    stage_in_block = structural_spec("B").replace(
+        "      act: {op: relu}", "      act: {op: stage, block: res, repeat: 1}"
+    )
+    shortcut_on_top = _spec(["stem: {op: conv, out: 4, kernel: 3}", "skip: {op: shortcut, out: 4}", *HEAD])
+    for text in (stage_in_block, shortcut_on_top):
+        with pytest.raises(SpecError) as caught:
+            resnetc.lower(load_spec_text(text, "tiny.yaml"))
+        assert "E305" in {d.code for d in caught.value.diagnostics}
+
+
+@pytest.mark.parametrize("op", SPEC_OPS, ids=[op.name for op in SPEC_OPS])
+def test_every_op_is_in_the_schema_and_the_readme_table(op: ops.Op) -> None:
+    schema = json.loads((ROOT / "resnetc" / "library" / "spec.schema.json").read_text())
+    assert op.fields is not None
+    definition = schema["$defs"][op.fields.__name__]
+    assert definition["properties"]["op"]["const"] == op.name
+    assert definition["description"].startswith(f"`{op.name}`: ")
+    assert f"| `{op.name}` | " in (ROOT / "README.md").read_text()
+
+
+def test_readme_sections_and_schema_are_generated_from_the_code() -> None:
+    """The op table, the codes table and the error example are what `python -m resnetc.docs` writes."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert docs.render_readme(readme) == readme, "run python -m resnetc.docs"
+    assert (ROOT / "resnetc" / "library" / "spec.schema.json").read_text() == docs.schema_text()
+
+
+def test_registry_is_the_only_list_of_ops() -> None:
+    """No module outside resnetc/ops names several ops in one list (the old tables were such lists)."""
+    names = set(ops.REGISTRY)
+    for path in sorted((ROOT / "resnetc").rglob("*.py")):
+        if path.parent.name == "ops" or path.name == "docs.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            quoted = {name for name in names if f'"{name}"' in line}
+            assert len(quoted) < 2, f"{path.relative_to(ROOT)}:{number} lists ops {sorted(quoted)}: ask the registry"
+
+
+def test_a_backend_without_an_op_names_backend_op_and_location(monkeypatch) -> None:
+    """An op whose ONNX emission is missing (or refuses an opset) is a located E406, not a KeyError."""
+    relu = ops.get("relu")
+    monkeypatch.setattr(type(relu), "onnx", lambda self, node, inputs, output, graph: False)
+    text = spec_using(relu, TOP)
+    with pytest.raises(SpecError) as caught:
+        resnetc.to_onnx(load_spec_text(text, "tiny.yaml"))
+    diagnostic = caught.value.first
+    assert diagnostic.code == "E406"
+    assert "ONNX" in diagnostic.message and "'relu'" in diagnostic.message
+    assert (diagnostic.location.path, diagnostic.location.line) == (
+        "tiny.yaml",
+        text.splitlines().index(next(line for line in text.splitlines() if "op: relu" in line)) + 1,
+    )
