@@ -229,3 +229,36 @@ def test_truncated_int_and_hostile_weights_files_are_refused(tmp_path, capsys) -
 def test_compile_fold_bn_says_what_it_changed(tmp_path, capsys) -> None:
     assert main(["compile", RESNET18, "--target", "onnx", "--fold-bn", "--out", str(tmp_path)]) == 0
     assert "fold_batchnorm: folded 20 BatchNorm layers" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_is_not_an_error() -> None:
+    """`resnetc info specs/*.yaml | head -1`: the broken pipe ends the command quietly with exit 0."""
+    specs = sorted(str(path) for path in (ROOT / "specs").glob("*.yaml"))
+    command = [sys.executable, "-m", "resnetc.cli", "info", *specs]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # what `head -1` does after its line
+        errors = process.stderr.read().decode()
+        status = process.wait(timeout=120)
+    assert first.startswith(b"Plain110")
+    assert status == 0, errors
+    assert errors == ""
+
+
+@pytest.mark.parametrize("batch", ["0", "-1", "100000"])
+def test_verify_refuses_a_batch_it_cannot_use(batch: str, capsys) -> None:
+    assert main(["verify", RESNET18, "--provider", "cpu", "--batch", batch]) == 2
+    err = capsys.readouterr().err
+    assert "--batch must be between 1 and 1024" in err and "internal error" not in err
+
+
+def test_a_spec_without_doc_documents_its_model_class(tmp_path) -> None:
+    import resnetc
+
+    text = (ROOT / "specs" / "resnet18.yaml").read_text().replace("doc: ", "# doc: ", 1)
+    spec = tmp_path / "nodoc.yaml"
+    spec.write_text(text)
+    source = resnetc.to_source(spec)
+    assert "The model block." not in source
+    assert '"""ResNet18, compiled by resnetc from nodoc.yaml.' in source

@@ -27,11 +27,10 @@ DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, Te
 class _GraphBuilder:
     """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants."""
 
-    def __init__(self, opset: int, numpy_type: type, onnx_type: int) -> None:
+    def __init__(self, opset: int, numpy_type: type) -> None:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self._numpy_type = numpy_type
-        self._onnx_type = onnx_type
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None:
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
@@ -55,7 +54,7 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
     graph = model.graph
-    builder = _GraphBuilder(opset, numpy_type, onnx_type)
+    builder = _GraphBuilder(opset, numpy_type)
     nodes = builder.nodes
     source = INPUT
     if dtype != "float32":

@@ -21,25 +21,34 @@ def _inplace(inplace: bool) -> str:
     return "inplace=True" if inplace else ""
 
 
+class _Elementwise(Op):
+    """An activation that is one torch module without settings and, in ONNX, one node of `onnx_type`."""
+
+    torch_class: ClassVar[str] = ""
+    onnx_type: ClassVar[str] = ""
+    inplace_capable: ClassVar[bool] = False  # the torch module takes `inplace`
+
+    def in_place(self, attrs: dict[str, Any]) -> bool:
+        return self.inplace_capable
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return source.call(self.torch_class, _inplace(inplace and self.inplace_capable))
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node(self.onnx_type, inputs, [output], node.name)
+        return True
+
+
 class ReLUFields(LayerFields):
     op: Literal["relu"]
 
 
 @register
-class ReLU(Op):
+class ReLU(_Elementwise):
     fields = ReLUFields
     doc = "max(x, 0) (`nn.ReLU`, in place where the IR's alias analysis allows, ONNX `Relu`)"
+    torch_class, onnx_type, inplace_capable = "nn.ReLU", "Relu", True
     saves_output = True  # ReLU's backward reads its output
-
-    def in_place(self, attrs: dict[str, Any]) -> bool:
-        return True
-
-    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
-        return source.call("nn.ReLU", _inplace(inplace))
-
-    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
-        graph.node("Relu", inputs, [output], node.name)
-        return True
 
 
 class SigmoidFields(LayerFields):
@@ -47,17 +56,11 @@ class SigmoidFields(LayerFields):
 
 
 @register
-class Sigmoid(Op):
+class Sigmoid(_Elementwise):
     fields = SigmoidFields
     doc = "1 / (1 + exp(-x)) (`nn.Sigmoid`, ONNX `Sigmoid`), e.g. the gate of squeeze-and-excitation"
+    torch_class, onnx_type = "nn.Sigmoid", "Sigmoid"
     saves_output = True
-
-    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
-        return "nn.Sigmoid()"
-
-    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
-        graph.node("Sigmoid", inputs, [output], node.name)
-        return True
 
 
 class GELUFields(LayerFields):
@@ -128,20 +131,14 @@ class HardswishFields(LayerFields):
 
 
 @register
-class Hardswish(Op):
+class Hardswish(_Elementwise):
     fields = HardswishFields
     doc = "x * relu6(x + 3) / 6 (`nn.Hardswish`; ONNX `HardSwish` from opset 14, else `HardSigmoid` and `Mul`)"
-
-    def in_place(self, attrs: dict[str, Any]) -> bool:
-        return True
-
-    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
-        return source.call("nn.Hardswish", _inplace(inplace))
+    torch_class, onnx_type, inplace_capable = "nn.Hardswish", "HardSwish", True
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         if graph.opset >= 14:
-            graph.node("HardSwish", inputs, [output], node.name)
-            return True
+            return super().onnx(node, inputs, output, graph)
         gate = f"{node.name}.gate"
         graph.node("HardSigmoid", inputs, [gate], gate, alpha=1.0 / 6.0, beta=0.5)
         graph.node("Mul", [inputs[0], gate], [output], node.name)
@@ -153,14 +150,8 @@ class IdentityFields(LayerFields):
 
 
 @register
-class Identity(Op):
+class Identity(_Elementwise):
     fields = IdentityFields
     doc = "the input itself (`nn.Identity`, ONNX `Identity`): a named place to hook, or a disabled layer"
+    torch_class, onnx_type = "nn.Identity", "Identity"
     aliases_input = True
-
-    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
-        return "nn.Identity()"
-
-    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
-        graph.node("Identity", inputs, [output], node.name)
-        return True
