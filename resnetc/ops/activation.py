@@ -63,6 +63,23 @@ class Sigmoid(_Elementwise):
     saves_output = True
 
 
+class SiLUFields(LayerFields):
+    op: Literal["silu"]
+
+
+@register
+class SiLU(_Elementwise):
+    fields = SiLUFields
+    doc = "x * sigmoid(x), also called swish (`nn.SiLU`; ONNX `Sigmoid` then `Mul`)"
+    torch_class, inplace_capable = "nn.SiLU", True
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        gate = f"{node.name}.sigmoid"
+        graph.node("Sigmoid", inputs, [gate], gate)
+        graph.node("Mul", [inputs[0], gate], [output], node.name)
+        return True
+
+
 class GELUFields(LayerFields):
     op: Literal["gelu"]
     approximate: Literal["none", "tanh"] = "none"  # "none": the exact x * Phi(x); "tanh": its tanh form
