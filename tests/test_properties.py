@@ -204,6 +204,8 @@ _BLOCK_OPS = [
     op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity == 1 and op.input_rank == 3
 ]
 _MERGE_OPS = [op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity != 1]
+_WINDOW_OPS = [op.name for op in _BLOCK_OPS if "kernel" in dict(op.keys()) and op.parameter_free]
+_ACTIVATIONS = [op for op in _BLOCK_OPS if type(op).__module__ == "resnetc.ops.activation"]  # the kind's module
 
 
 def _keep_shape(op: ops.Op) -> dict[str, object]:
@@ -270,11 +272,14 @@ def _sequential_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
         f"    params: {{width: null, stride: 1, k: {draw(st.sampled_from([1, 3]))}}}",
         "    layers:",
     ]
-    body = ["conv: {op: conv, out: width, kernel: 3, stride: stride}", "batchnorm: {op: batchnorm}", "relu: {op: relu}"]
+    activation = draw(st.sampled_from(_ACTIVATIONS))
+    body = [
+        "conv: {op: conv, out: width, kernel: 3, stride: stride}",
+        "batchnorm: {op: batchnorm}",
+        f"act: {_flow({'op': activation.name, **activation.example})}",
+    ]
     if draw(st.booleans()):
-        body.append(
-            f"pool: {{op: {draw(st.sampled_from(['maxpool', 'avgpool']))}, kernel: k, stride: 1, padding: k // 2}}"
-        )
+        body.append(f"pool: {{op: {draw(st.sampled_from(_WINDOW_OPS))}, kernel: k, stride: 1, padding: k // 2}}")
     if draw(st.booleans()):
         body.append("dropout: {op: dropout, p: 0.1}")
     lines += [f'      "{index}": {line.split(": ", 1)[1]}' for index, line in enumerate(body)]
@@ -386,7 +391,7 @@ def valid_specs(draw: st.DrawFn) -> str:
     if head == "global":
         lines.append("  avgpool: {op: global_avg_pool}")
     elif head == "window":
-        lines.append(f"  pool: {{op: {draw(st.sampled_from(['avgpool', 'maxpool']))}, kernel: 2, stride: 2}}")
+        lines.append(f"  pool: {{op: {draw(st.sampled_from(_WINDOW_OPS))}, kernel: 2, stride: 2}}")
     lines.append("  flatten: {op: flatten}")
     if draw(st.booleans()):
         lines.append(f"  dropout: {{op: dropout, p: {draw(st.sampled_from([0.0, 0.2, 0.5]))}}}")
@@ -574,7 +579,7 @@ def test_any_file_name_gives_spec_error_or_usable_outputs(text: str, stem: str) 
 _SHIPPED_TEXTS = [path.read_text(encoding="utf-8") for path in SHIPPED]
 _YAML_PIECES = [
     "version", "name", "input", "num_classes", "layers", "blocks", "params", "let", "op", "from",
-    "conv", "stage", "shortcut", "add", "batchnorm", "basic", "bottleneck", "out", "kernel", "stride",
+    *ops.spec_op_names(), "basic", "bottleneck", "out", "kernel", "stride",
     "repeat", "args", "width", ":", ": ", " ", "  ", "\n", "\n  ", "\n    ", "- ", "{", "}", "[", "]",
     ",", "1", "0", "-1", "64", "3.5", "1e-5", ".inf", "null", "~", "true", "no", "&a ", "*a", "!!str ",
     "!!python/object:os.system ", "!custom ", "<<: ", "'", '"', "#", "---\n", "...\n", "\t", "width * 4",
