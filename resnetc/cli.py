@@ -193,12 +193,17 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model_bytes(Path(args.model))
     session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
     batch = make_batch(session, args.input, args.batch)
+    results = session.run(None, {session.get_inputs()[0].name: batch})
     logits = infer(session, batch)
     latency = median_latency(session, batch, repeats=max(1, args.repeats))
     print(f"model: {args.model}")
     print(f"provider: {session.get_providers()[0]}")
-    print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
-    print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
+    if len(results) == 1 and logits.ndim == 2:
+        print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
+        print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
+    else:  # a backbone: one output per feature
+        outputs = ", ".join(f"{out.name} {list(value.shape)}" for out, value in zip(session.get_outputs(), results))
+        print(f"input: {list(batch.shape)} -> outputs: {outputs}")
     print(f"median latency: {latency * 1e3:.2f} ms over {max(1, args.repeats)} runs (batch {batch.shape[0]})")
     return EXIT_OK
 

@@ -33,9 +33,15 @@ def _flow(mapping: dict[str, object]) -> str:
 
 
 def _use(op: ops.Op, source: str, other: str, name: str = "tested") -> list[str]:
-    """The op's example as a layer reading `source` (and `other`, for an op with several inputs)."""
+    """The op's example as a layer reading `source` (and `other`, for an op with several inputs), after the
+    layers the example needs before it (a pooling, for an op that reads a pooled value)."""
+    before = [
+        f"before{index}: {_flow({**layer, 'from': source if index == 0 else f'before{index - 1}'})}"
+        for index, layer in enumerate(op.example_before)
+    ]
+    source = f"before{len(before) - 1}" if before else source
     reads: object = source if op.arity == 1 else [source, other]
-    return [f"{name}: {_flow({'op': op.name, **op.example, 'from': reads})}"]
+    return [*before, f"{name}: {_flow({'op': op.name, **op.example, 'from': reads})}"]
 
 
 def _spec(body: list[str], blocks: list[str] = ()) -> str:
@@ -61,7 +67,12 @@ def spec_using(op: ops.Op, place: str) -> str:
         layers += _use(op, "first", "other")
     else:
         reads = {} if op.arity == 1 else {"from": ["input", "input"]}  # several inputs: refused in a chain
-        layers = ['"0": {op: conv, out: width, kernel: 3}', f'"1": {_flow({"op": op.name, **op.example, **reads})}']
+        chain = [
+            {"op": "conv", "out": "width", "kernel": 3},
+            *op.example_before,
+            {"op": op.name, **op.example, **reads},
+        ]
+        layers = [f'"{index}": {_flow(layer)}' for index, layer in enumerate(chain)]
     block = ["  tiny:", "    params: {width: null}", "    layers:", *(f"      {line}" for line in layers)]
     return _spec([stem, "stage: {op: stage, block: tiny, repeat: 2, args: {width: 4}}", *HEAD], block)
 

@@ -41,11 +41,24 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
         return name
 
+    def tensor(self, name: str, values: np.ndarray) -> str:
+        """A constant tensor in the graph's compute type: a fixed filter that is not a weight (no state_dict key)."""
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=self._numpy_type), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
+
     def scalar(self, name: str, value: float) -> str:
         """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
         tensor = numpy_helper.from_array(np.asarray(value, dtype=self._numpy_type), name=name)
         self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
         return name
+
+
+def _output_dims(name: str, shape: tuple[int, ...]) -> list[int | str]:
+    """An output's dimensions: the batch and spatial sizes symbolic (they follow the input's), channels fixed."""
+    if len(shape) == 3:
+        return ["N", shape[0], f"{name}_height", f"{name}_width"]
+    return ["N", *shape]
 
 
 def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> onnx.ModelProto:
@@ -61,20 +74,24 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         source = f"{INPUT}.{dtype}"
         nodes.append(helper.make_node("Cast", [INPUT], [source], name="cast_input", to=onnx_type))
     renamed = {"input": source}
-    last = graph.output
+    # The graph's outputs: `logits`, or one per backbone feature, named after its layer.
+    named = {value: name for name, value in (graph.features or {OUTPUT: graph.output}).items()}
     for node in graph.nodes:
         inputs = [renamed.get(name, name) for name in node.inputs]
-        output = OUTPUT if node.name == last and dtype == "float32" else node.name
+        output = named[node.name] if node.name in named and dtype == "float32" else node.name
+        renamed[node.name] = output
         if not ops.get(node.op).onnx(node, inputs, output, builder):
             raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
     if dtype != "float32":
-        nodes.append(helper.make_node("Cast", [last], [OUTPUT], name="cast_output", to=TensorProto.FLOAT))
+        for value, name in named.items():
+            nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
     channels, _, _ = model.input_shape
     onnx_graph = helper.make_graph(
         nodes,
         model.class_name,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", channels, "H", "W"])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", model.num_classes])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, _output_dims(name, graph.shape_of(value)))
+         for value, name in named.items()],
     )
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(

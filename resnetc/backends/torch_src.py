@@ -19,7 +19,7 @@ from resnetc import ops
 from resnetc.backends.templates import template_dir
 from resnetc.ir.aliasing import Aliasing, analyse
 from resnetc.ir.graph import BlockInstance, LayerIR, Model, Scope
-from resnetc.ops.base import unsupported
+from resnetc.ops.base import TorchHelper, unsupported
 from resnetc.ops.source import RenderError, expression, literal
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import BinOp, Const, Expr
@@ -31,7 +31,7 @@ BACKEND = "PyTorch"
 __all__ = ["RenderError", "audit", "render"]
 
 
-def _variables(scope: Scope) -> dict[str, str]:
+def _variables(scope: Scope, returned: tuple[str, ...] = ()) -> dict[str, str]:
     """The local variable that holds each value in `forward`.
 
     The main path reuses one variable (`x` when the input is not needed again, else `out`). A value
@@ -42,6 +42,8 @@ def _variables(scope: Scope) -> dict[str, str]:
     for index, layer in enumerate(scope.layers):
         for name in dict.fromkeys(layer.inputs):
             consumers.setdefault(name, []).append(index)
+    for name in returned:  # a backbone returns several values: each is read once more, at the end
+        consumers.setdefault(name, []).append(len(scope.layers))
     chain = "x" if len(consumers.get("input", [])) == 1 else "out"
     holder: dict[str, str] = {"input": "x"}
     occupant: str | None = "input" if chain == "x" else None  # the value now in the chain variable
@@ -86,7 +88,7 @@ class _ClassWriter:
 
     def block(self, scope: Scope) -> dict[str, object]:
         params = ", ".join(
-            f"{name}: int" if default is None else f"{name}: int = {literal(default)}"
+            f"{name}: int" if default is None else f"{name}: {type(default).__name__} = {literal(default)}"
             for name, default in scope.params.items()
         )
         signature = "self, in_channels: int" + (f", *, {params}" if params else "")
@@ -100,11 +102,30 @@ class _ClassWriter:
 
     def body(self) -> dict[str, object]:
         scope = self.model.body
-        params = ", ".join(f"{name}: int = {literal(scope.params[name])}" for name in ("num_classes", "in_channels"))
+        params = ", ".join(f"{name}: int = {literal(value)}" for name, value in scope.params.items())
         params += f", zero_init_residual: bool = {literal(self.model.zero_init_residual)}"
         init = ["super().__init__()", *self._members(scope), "self.init_weights(zero_init_residual)"]
         forward = self._forward(scope, self.model.body_shapes)
-        return self._class(scope, "nn.Module", f"self, {params}", init, forward, self._init_weights())
+        return self._class(scope, "nn.Module", f"self, {params}", init, forward, self._feature_info() + self._init_weights())
+
+    def _feature_info(self) -> list[str]:
+        """A backbone says what `forward` returns: each feature's name, channels and stride, as timm's
+        `feature_info` does."""
+        if not self.model.is_backbone:
+            return []
+        entries = [
+            f'{{"name": "{item["name"]}", "channels": {item["shape"][0]}, "stride": {item["stride"]}}}'  # type: ignore[index]
+            for item in self.model.feature_info()
+        ]
+        return [
+            "@property",
+            "def feature_info(self) -> list[dict[str, object]]:",
+            '    """What forward returns, in order: each feature\'s layer, channels and stride."""',
+            "    return [",
+            *(f"        {entry}," for entry in entries),
+            "    ]",
+            "",
+        ]
 
     def _init_weights(self) -> list[str]:
         """He initialisation for convolutions and identity norms, as torchvision does it, so that a
@@ -131,6 +152,19 @@ class _ClassWriter:
                 lines.append(f"            {'elif' if index else 'if'} isinstance(module, {block.class_name}):")
                 lines += [f"                nn.init.zeros_(module.{name}.weight)" for name in block.residual_batchnorms]
         return lines
+
+    @staticmethod
+    def helper(helper: TorchHelper | None) -> dict[str, object]:
+        assert helper is not None
+        return {
+            "name": helper.name,
+            "base": helper.base,
+            "doc": _docstring(helper.doc),
+            "signature": helper.signature,
+            "init": list(helper.init),
+            "forward": list(helper.forward),
+            "extra": [],
+        }
 
     def zero_pad(self) -> dict[str, object]:
         """The helper class of option A shortcuts, which torch has no module for."""
@@ -164,11 +198,15 @@ class _ClassWriter:
             c, h, w = self.model.input_shape
             text = scope.doc or f"{scope.class_name}, compiled by resnetc from {self.model.file_name}."
             text += f"\n\nBuilt for inputs of shape (N, {c}, {h}, {w}); any size that survives the downsampling works."
+            if self.model.is_backbone:
+                text += " A backbone: forward returns the features " + ", ".join(self.model.outputs) + ", in order."
         else:
             text = scope.doc or f"The {scope.name} block."
+        backbone = scope is self.model.body and self.model.is_backbone
         return {
             "name": scope.class_name,
             "base": base,
+            "returns": "list[torch.Tensor]" if backbone else "torch.Tensor",
             "doc": _docstring(text),
             "signature": signature,
             "init": init,
@@ -178,6 +216,8 @@ class _ClassWriter:
 
     def _module(self, scope: Scope, layer: LayerIR, channels: Expr) -> str:
         """The module that computes `layer` (in place when every layer that applies it may overwrite)."""
+        if layer.op == "submodule":
+            return self._submodule(layer, channels)
         source = ops.get(layer.op).torch_module(layer, channels, self._in_place(scope, layer.name))
         if source is None:
             raise unsupported(BACKEND, layer.op, layer.name, layer.origin.at(), "no module form")
@@ -203,6 +243,8 @@ class _ClassWriter:
                 lines.append(f"self.{layer.name} = {self._module(scope, layer, channels)}")
             elif layer.op == "stage":
                 lines.extend(self._stage(layer, channels))
+            elif layer.op == "submodule":
+                lines.append(f"self.{layer.name} = {self._submodule(layer, channels)}")
             elif layer.op == "shortcut":
                 lines.append(self._shortcut(layer, channels, scope.channels_in(layer, -1)))
         return lines
@@ -243,6 +285,11 @@ class _ClassWriter:
             return [f"self.{layer.name} = nn.Sequential({items[0]})"]
         return [f"self.{layer.name} = nn.Sequential(", *(f"    {item}," for item in items), ")"]
 
+    def _submodule(self, layer: LayerIR, channels: Expr) -> str:
+        block = self.model.blocks[layer.block]  # type: ignore[index]
+        arguments = [expression(channels)] + [f"{name}={expression(value)}" for name, value in layer.args.items()]
+        return f"{block.class_name}({', '.join(arguments)})"
+
     def _block_call(self, block: Scope, instance: BlockInstance, channels: Expr) -> str:
         arguments = [expression(channels)]
         for name, default in block.params.items():
@@ -252,12 +299,13 @@ class _ClassWriter:
         return f"{block.class_name}({', '.join(arguments)})"
 
     def _forward(self, scope: Scope, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-        holder = _variables(scope)
+        returned = self.model.outputs if scope is self.model.body else ()
+        holder = _variables(scope, returned)
         lines = []
         for layer in scope.layers:
             op = ops.get(layer.op)
             args = [holder[name] for name in layer.inputs]
-            if layer.op == "stage" or (op.torch_member and not op.structural):
+            if op.instantiates_block or (op.torch_member and not op.structural):
                 value = f"self.{layer.module_name}({args[0]})"
             elif layer.op == "shortcut":
                 value = f"self.{layer.name}({args[-1]})"  # reshapes `project_from` where given
@@ -272,7 +320,10 @@ class _ClassWriter:
             if layer.name in shapes:
                 line += f"  # (N, {', '.join(str(size) for size in shapes[layer.name])})"
             lines.append(line)
-        lines.append(f"return {holder[scope.output]}")
+        if scope is self.model.body and self.model.is_backbone:
+            lines.append(f"return [{', '.join(holder[name] for name in self.model.outputs)}]")
+        else:
+            lines.append(f"return {holder[scope.output]}")
         return lines
 
 
@@ -282,7 +333,11 @@ def render(model: Model) -> str:
     blocks = list(model.blocks.values())
     # Classes in dependency order: projection (used by other blocks) first, the model last.
     blocks.sort(key=lambda scope: scope.name != model.projection)
-    helpers = [writer.zero_pad()] if any(node.op == "zero_pad" for node in model.graph.nodes) else []
+    used = {node.op for node in model.graph.nodes}
+    helpers = [writer.zero_pad()] if "zero_pad" in used else []
+    helpers += [
+        writer.helper(op.torch_helper()) for op in ops.REGISTRY.values() if op.name in used and op.torch_helper()
+    ]
     classes = helpers + [writer.block(scope) for scope in blocks] + [writer.body()]
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),

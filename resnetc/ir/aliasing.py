@@ -42,7 +42,9 @@ def analyse(scope: Scope, blocks: dict[str, Scope]) -> Aliasing:
     for layer in scope.layers:
         op = ops.get(layer.op)
         aliases, keeps = op.aliases_input, op.saves_output
-        if layer.op == "stage" and layer.block in blocks:  # a block may hand its input on, or end in a ReLU
+        if (
+            ops.get(layer.op).instantiates_block and layer.block in blocks
+        ):  # a block may hand its input on, or end in a ReLU
             block = analyse(blocks[layer.block], blocks)
             aliases = block.aliases_input(blocks[layer.block].output)
             keeps = block.is_kept(blocks[layer.block].output)
@@ -52,7 +54,7 @@ def analyse(scope: Scope, blocks: dict[str, Scope]) -> Aliasing:
     # Every read of a storage class, by the index of the reading layer (reads that only alias don't count).
     reads: dict[str, list[int]] = {}
     for index, layer in enumerate(scope.layers):
-        hands_on = storage[layer.name] == storage[layer.inputs[0]] and layer.op != "stage"
+        hands_on = storage[layer.name] == storage[layer.inputs[0]] and not ops.get(layer.op).instantiates_block
         # An alias hands its first input on (whoever reads the alias reads the class); a shortcut's
         # projection still reads its second input, `project_from`.
         for value in dict.fromkeys(layer.inputs[1:] if hands_on else layer.inputs):

@@ -35,6 +35,7 @@ class Summary:
     rows: list[Row]
     spec: str = ""  # the spec's file name
     paper: dict[str, object] | None = None  # what a paper reports, from the spec's `paper:` entry
+    outputs: list[dict[str, object]] | None = None  # a backbone's features: name, shape, stride
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -51,7 +52,7 @@ class Summary:
                 for row in self.rows
             ],
             "paper": self.paper,
-        }
+        } | ({"outputs": self.outputs} if self.outputs else {})
 
 
 def _belongs(node: Node, layer: str) -> bool:
@@ -85,6 +86,7 @@ def summarize(model: Model) -> Summary:
         rows=rows,
         spec=model.file_name,
         paper=model.paper,
+        outputs=model.feature_info() if model.is_backbone else None,
     )
 
 
@@ -105,9 +107,12 @@ def format_table(summary: Summary) -> str:
     total = ("total", layers, _shape(summary.output), f"{summary.params:,}", f"{summary.macs:,}")
     aligned = _align([header, *rows, total], right={3, 4})
     rule = "-" * max(len(line) for line in aligned)
-    return "\n".join(
-        [f"{summary.name} (input {_shape(summary.input)})", aligned[0], rule, *aligned[1:-1], rule, aligned[-1]]
-    )
+    lines = [f"{summary.name} (input {_shape(summary.input)})", aligned[0], rule, *aligned[1:-1], rule, aligned[-1]]
+    if summary.outputs:
+        features = [(str(item["name"]), _shape(item["shape"]), f"stride {item['stride']}") for item in summary.outputs]
+        lines += ["outputs (a backbone's features, in the order forward returns them):"]
+        lines += ["  " + line for line in _align(features, right=set())]
+    return "\n".join(lines)
 
 
 def _shape(shape: Shape) -> str:

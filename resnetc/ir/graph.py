@@ -40,9 +40,10 @@ class LayerIR:
     inputs: tuple[str, ...]  # names in the scope: "input" or an earlier layer
     attrs: dict[str, AttrValue]
     origin: Origin
-    block: str | None = None  # stage only: which block type it repeats
-    args: dict[str, Expr] = field(default_factory=dict)  # stage only: arguments for every block
+    block: str | None = None  # stage and submodule: which block type it instantiates
+    args: dict[str, Expr | float] = field(default_factory=dict)  # submodule: its arguments; stage: the keys given
     module: str | None = None  # applies the module of this earlier layer (`module:` in the spec)
+    per_block: tuple[dict[str, int | float], ...] = ()  # stage only: each block's own arguments
 
     @property
     def module_name(self) -> str:
@@ -57,7 +58,7 @@ class Scope:
     name: str
     class_name: str
     doc: str
-    params: dict[str, int | None]  # in declaration order; None means required
+    params: dict[str, int | float | None]  # in declaration order; None means required; floats are rates
     lets: dict[str, Expr]  # derived values, each over the parameters and the lets before it
     layers: tuple[LayerIR, ...]
     value_channels: dict[str, Expr]  # channels of every value ("input" and each layer's output), as expressions
@@ -84,7 +85,7 @@ class BlockInstance:
 
     block: str
     in_channels: int
-    args: dict[str, int]
+    args: dict[str, int | float]
 
 
 @dataclass
@@ -111,7 +112,13 @@ class Node:
 class Graph:
     input_shape: Shape
     nodes: list[Node]
-    output: str
+    output: str  # the logits' value, or a backbone's last feature
+    features: dict[str, str] = field(default_factory=dict)  # a backbone's outputs: feature name -> value
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Every value the model returns, by its output name."""
+        return self.features or {"logits": self.output}
 
     def node(self, name: str) -> Node:
         return self._index()[name]
@@ -146,7 +153,7 @@ class Model:
     sha256: str
     doc: str
     input_shape: tuple[int, int, int]
-    num_classes: int
+    num_classes: int | None  # None for a backbone
     shortcut_option: str
     projection: str
     zero_pad: str  # option A: where the zero channels go ("end" or "split")
@@ -157,3 +164,20 @@ class Model:
     stages: dict[str, list[BlockInstance]]  # top-level stage name -> its blocks
     body_shapes: dict[str, Shape]  # output shape of every top-level layer at the spec's input size
     graph: Graph
+    outputs: tuple[str, ...] = ()  # a backbone's features (top-level layer names), in the order returned
+
+    @property
+    def is_backbone(self) -> bool:
+        return bool(self.outputs)
+
+    def feature_info(self) -> list[dict[str, object]]:
+        """Each feature's name, shape at the spec's input size and stride (timm's feature_info)."""
+        height = self.input_shape[1]
+        return [
+            {"name": name, "shape": list(self.body_shapes[name]), "stride": _stride(height, self.body_shapes[name])}
+            for name in self.outputs
+        ]
+
+
+def _stride(height: int, shape: Shape) -> int:
+    return round(height / shape[1]) if len(shape) == 3 else height

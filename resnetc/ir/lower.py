@@ -16,6 +16,7 @@ from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, No
 from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
 from resnetc.ir.verify import verify
 from resnetc.ops.base import BLOCK, PLACES, SEQUENTIAL, TOP, ShapeError
+from resnetc.ops.structure import Schedule
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import Const, Expr, fold
 from resnetc.spec.load import LoadedSpec, Located
@@ -36,6 +37,9 @@ class _StaticChecks:
         self.loaded = loaded
         self.problems: list[Diagnostic] = []
         self.blocks: dict[str, Scope] = {}
+        self._building: set[str] = set()  # blocks being checked: a block that contains itself is refused
+        self.rates: set[str] = set()  # float parameters of the block being checked: rates, not integers
+        self._schedules = _Schedules(loaded.spec.layers)
 
     def fail(self, where: Any, message: str, code: str, help: str | None = None) -> None:
         self.problems.append(Diagnostic(where, message, code, help))
@@ -43,6 +47,9 @@ class _StaticChecks:
     def block(self, name: str, used_at: Origin, key: str) -> Scope | None:
         if name in self.blocks:
             return self.blocks[name]
+        if name in self._building:
+            self.fail(used_at.at(key), f"block '{name}' contains itself (through a submodule)", "E312")
+            return None
         located = self.loaded.blocks.get(name)
         if located is None:
             known = ", ".join(sorted(self.loaded.blocks))
@@ -53,7 +60,13 @@ class _StaticChecks:
                 did_you_mean(name, list(self.loaded.blocks)),
             )
             return None
-        scope = self._block_scope(name, located)
+        self._building.add(name)
+        outer_rates, self.rates = self.rates, {p for p, d in located.block.params.items() if isinstance(d, float)}
+        try:
+            scope = self._block_scope(name, located)
+        finally:
+            self._building.discard(name)
+            self.rates = outer_rates
         self.blocks[name] = scope
         return scope
 
@@ -115,12 +128,24 @@ class _StaticChecks:
         source = self.loaded.source
         if (problem := class_name_problem(spec.name)) is not None:
             self.fail(source.value(("name",)), problem, "E302")
-        params: dict[str, int | None] = {"num_classes": spec.num_classes, "in_channels": spec.input[0]}
-        layers = self._layers(spec.layers, source, ("layers",), set(MODEL_PARAMS), top_level=True)
+        params: dict[str, int | float | None] = {"in_channels": spec.input[0]}
+        if spec.num_classes is not None:
+            params = {"num_classes": spec.num_classes, **params}
+        elif spec.outputs is None:
+            self.fail(source.value(()), "missing required key 'num_classes' (a backbone gives 'outputs' instead)", "E202")
+        layers = self._layers(spec.layers, source, ("layers",), set(params), top_level=True)
+        for index, name in enumerate(spec.outputs or []):
+            if name not in {layer.name for layer in layers}:
+                self.fail(
+                    source.value(("outputs", index)),
+                    f"'{name}' is not a top-level layer; 'outputs' can name: " + ", ".join(layer.name for layer in layers),
+                    "E307",
+                    did_you_mean(name, [layer.name for layer in layers]),
+                )
         projection_users = [
             layer
             for layer in layers
-            if layer.op == "stage"
+            if ops.get(layer.op).instantiates_block
             and layer.block in self.blocks
             and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)
         ]
@@ -163,15 +188,23 @@ class _StaticChecks:
                 )
 
     def used_blocks(self, body: Scope) -> dict[str, Scope]:
-        """The blocks the model instantiates, in first-use order (what the generated module defines)."""
+        """The blocks the model instantiates, in first-use order (what the generated module defines):
+        those of stages and submodules, theirs in turn, and the projection where a shortcut may need it."""
         used: dict[str, Scope] = {}
-        for layer in body.layers:
-            if layer.op == "stage" and layer.block in self.blocks:
-                block = self.blocks[layer.block]
-                used.setdefault(block.name, block)
-                projects = any(inner.op == "shortcut" for inner in block.layers) and self.loaded.spec.shortcut != "A"
-                if projects and self.loaded.spec.projection in self.blocks:
-                    used.setdefault(self.loaded.spec.projection, self.blocks[self.loaded.spec.projection])
+        projection = self.loaded.spec.projection
+        projects = self.loaded.spec.shortcut != "A"
+
+        def visit(scope: Scope) -> None:
+            for layer in scope.layers:
+                if ops.get(layer.op).instantiates_block and layer.block in self.blocks and layer.block not in used:
+                    used[layer.block] = self.blocks[layer.block]
+                    visit(self.blocks[layer.block])
+            has_shortcut = any(layer.op == "shortcut" for layer in scope.layers)
+            if has_shortcut and projects and projection in self.blocks and projection not in used:
+                used[projection] = self.blocks[projection]
+                visit(self.blocks[projection])
+
+        visit(body)
         return used
 
     def check_class_names(self, body: Scope, used: dict[str, Scope]) -> None:
@@ -223,8 +256,13 @@ class _StaticChecks:
             for key, value in layer:
                 if key in op.wiring_fields:
                     continue
-                attrs[key] = self._expression(value, allowed, origin, key) if key in op.expression_fields else value
-            block_name, args = None, {}
+                if key in op.expression_fields:
+                    attrs[key] = self._expression(value, allowed, origin, key)
+                elif key in op.rate_fields:
+                    attrs[key] = self._rate(value, allowed, origin, key)
+                else:
+                    attrs[key] = value
+            block_name, args, per_block = None, {}, ()
             if layer.op == "stage" and placed:  # a misplaced stage is not expanded (its block may be this one)
                 block_name = layer.block
                 attrs["stride"] = Const(layer.stride)  # evaluated like any other attribute
@@ -232,12 +270,20 @@ class _StaticChecks:
                     self.fail(
                         origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306"
                     )
-                args = {key: Const(value) for key, value in layer.args.items()}
-                self._check_stage(layer.block, args, layer.stride, origin)
+                args = {key: Const(0) for key in [*layer.args, *layer.first]}  # the keys, for blame
+                per_block = self._per_block(layer, origin) if 1 <= layer.repeat <= MAX_REPEAT else ()
+                self._check_stage(layer.block, layer, origin)
+            elif layer.op == "submodule":
+                block_name = layer.block
+                args = {
+                    key: value if isinstance(value, float) else self._expression(value, allowed, origin, key)
+                    for key, value in layer.args.items()
+                }
+                self._check_submodule(layer.block, args, origin)
             module = getattr(layer, "module", None)
             if module is not None:
                 self._check_reuse(op, name, module, attrs, result, origin, sequential)
-            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module))
+            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module, per_block))
         return tuple(result)
 
     def _check_reuse(
@@ -302,7 +348,13 @@ class _StaticChecks:
             return None
         node = Const(value) if isinstance(value, int) else expressions.parse(value)
         for name in expressions.names(node):
-            if name not in allowed:
+            if name in self.rates:
+                self.fail(
+                    origin.at(key),
+                    f"'{name}' is a rate (a float parameter) and cannot be part of an integer expression",
+                    "E308",
+                )
+            elif name not in allowed:
                 self.fail(
                     origin.at(key),
                     f"unknown parameter '{name}' in expression; known here: " + ", ".join(sorted(allowed)),
@@ -311,18 +363,71 @@ class _StaticChecks:
                 )
         return node
 
-    def _check_stage(self, block_name: str, args: dict[str, Expr], stride: Any, origin: Origin) -> None:
+    def _rate(self, value: Any, allowed: set[str], origin: Origin, key: str) -> float | Expr:
+        """A rate: a number, or the name of one of the block's float parameters."""
+        if isinstance(value, float):
+            return value
+        if value not in self.rates:
+            known = ", ".join(sorted(self.rates)) or "none (give the parameter a float default, e.g. 0.0)"
+            self.fail(origin.at(key), f"'{value}' is not a float parameter of this block; known here: {known}", "E308")
+        return expressions.Name(value)
+
+    def _per_block(self, layer: Any, origin: Origin) -> tuple[dict[str, int | float], ...]:
+        """Each block's own arguments: lists give one value per block, schedules spread over the network,
+        `first` overrides the first block's."""
+        blocks: list[dict[str, int | float]] = []
+        for index in range(layer.repeat):
+            values: dict[str, int | float] = {}
+            for key, value in layer.args.items():
+                if isinstance(value, list):
+                    if len(value) != layer.repeat:
+                        if index == 0:
+                            self.fail(
+                                origin.source.value((*origin.path, "args", key)),
+                                f"'{key}' lists {len(value)} values for the stage's {layer.repeat} blocks",
+                                "E309",
+                            )
+                        continue
+                    values[key] = value[index]
+                elif isinstance(value, Schedule):
+                    values[key] = self._schedules.next(key, value)
+                else:
+                    values[key] = value
+            if index == 0:
+                values.update(layer.first)
+            blocks.append(values)
+        return tuple(blocks)
+
+    def _check_submodule(self, block_name: str, args: dict[str, Any], origin: Origin) -> None:
         block = self.block(block_name, origin, "block")
         if block is None:
             return
-        for name in args:
+        self._check_arguments(block_name, block, list(args), origin, "args")
+        missing = [name for name, default in block.params.items() if default is None and name not in args]
+        if missing:
+            self.fail(
+                origin.at("args") if args else origin.at(),
+                f"block '{block_name}' needs " + ", ".join(f"'{name}'" for name in missing) + " in args",
+                "E309",
+            )
+
+    def _check_arguments(self, block_name: str, block: Scope, names: list[str], origin: Origin, key: str) -> None:
+        for name in names:
             if name not in block.params:
                 self.fail(
-                    origin.source.key((*origin.path, "args", name)),
+                    origin.source.key((*origin.path, key, name)),
                     f"block '{block_name}' has no parameter '{name}'; its parameters: " + ", ".join(block.params),
                     "E309",
                     did_you_mean(name, list(block.params)),
                 )
+
+    def _check_stage(self, block_name: str, layer: Any, origin: Origin) -> None:
+        block = self.block(block_name, origin, "block")
+        args, stride = layer.args, layer.stride
+        if block is None:
+            return
+        self._check_arguments(block_name, block, list(args), origin, "args")
+        self._check_arguments(block_name, block, list(layer.first), origin, "first")
         missing = [
             name for name, default in block.params.items() if default is None and name not in args and name != "stride"
         ]
@@ -332,12 +437,13 @@ class _StaticChecks:
                 f"block '{block_name}' needs " + ", ".join(f"'{name}'" for name in missing) + " in args",
                 "E309",
             )
-        if "stride" in args:
-            self.fail(
-                origin.source.key((*origin.path, "args", "stride")),
-                "give a stage's stride as the stage's own 'stride' (it applies to the first block)",
-                "E309",
-            )
+        for key in ("args", "first"):
+            if "stride" in getattr(layer, key):
+                self.fail(
+                    origin.source.key((*origin.path, key, "stride")),
+                    "give a stage's stride as the stage's own 'stride' (it applies to the first block)",
+                    "E309",
+                )
         if stride != 1 and "stride" not in block.params:
             self.fail(origin.at("stride"), f"block '{block_name}' has no 'stride' parameter to downsample with", "E309")
 
@@ -350,6 +456,10 @@ class _StaticChecks:
                 produced[layer.name] = (
                     self._stage_channels(layer, inputs[0]) if layer.block in self.blocks else Const(0)
                 )
+            elif layer.op == "submodule":
+                produced[layer.name] = (
+                    self._submodule_channels(layer, inputs[0]) if layer.block in self.blocks else Const(0)
+                )
             else:
                 produced[layer.name] = ops.get(layer.op).channels(layer.attrs, inputs)
         return produced
@@ -357,19 +467,51 @@ class _StaticChecks:
     def _stage_channels(self, layer: LayerIR, channels: Expr) -> Expr:
         block = self.blocks[layer.block]  # type: ignore[index]
         out = self._output_channels(block)
-        defaults = {name: Const(value) for name, value in block.params.items() if value is not None}
-        for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
+        for index, arguments in enumerate(layer.per_block):
             first_stride: Expr = layer.attrs["stride"] if index == 0 else Const(1)  # type: ignore[assignment]
             stride = {"stride": first_stride} if "stride" in block.params else {}
-            env = {**defaults, **layer.args, **stride, "in_channels": channels}
+            given = {key: Const(value) for key, value in arguments.items() if isinstance(value, int)}
+            env = {**_integer_defaults(block), **given, **stride, "in_channels": channels}
             channels = fold(expressions.substitute(out, env))
         return channels
+
+    def _submodule_channels(self, layer: LayerIR, channels: Expr) -> Expr:
+        block = self.blocks[layer.block]  # type: ignore[index]
+        given = {key: value for key, value in layer.args.items() if not isinstance(value, float)}
+        env = {**_integer_defaults(block), **given, "in_channels": channels}
+        return fold(expressions.substitute(self._output_channels(block), env))  # type: ignore[arg-type]
 
     def _output_channels(self, block: Scope) -> Expr:
         out = block.value_channels[block.output]
         for name, value in reversed(block.lets.items()):  # inline lets: the result reads parameters only
             out = expressions.substitute(out, {name: value})
         return out
+
+
+def _integer_defaults(block: Scope) -> dict[str, Expr]:
+    return {name: Const(value) for name, value in block.params.items() if isinstance(value, int)}
+
+
+class _Schedules:
+    """Values spread linearly over the network (`{linear: [a, b]}`): every block of every stage that gives
+    an argument the same schedule takes the next value, as timm spreads `drop_path_rate`."""
+
+    def __init__(self, layers: dict[str, Any]) -> None:
+        self.totals: dict[tuple[str, float, float], int] = {}
+        for layer in layers.values():
+            for key, value in (getattr(layer, "args", None) or {}).items():
+                if isinstance(value, Schedule) and getattr(layer, "repeat", 0) >= 1:
+                    schedule = (key, *value.linear)
+                    self.totals[schedule] = self.totals.get(schedule, 0) + min(layer.repeat, MAX_REPEAT)
+        self.taken: dict[tuple[str, float, float], int] = {}
+
+    def next(self, key: str, value: Schedule) -> float:
+        schedule = (key, *value.linear)
+        index, total = self.taken.get(schedule, 0), self.totals[schedule]
+        self.taken[schedule] = index + 1
+        start, end = value.linear
+        # timm's rule, operation for operation: rate * index / (blocks - 1) when the schedule starts at 0.
+        return start + (end - start) * index / (total - 1) if total > 1 else start
 
 
 class _Instantiator:
@@ -412,8 +554,10 @@ class _Instantiator:
             return stage.origin.at("stride")
         return stage.origin.at("block")
 
-    def evaluate(self, layer: LayerIR, key: str, env: dict[str, int], prefix: str) -> int | float | bool | None:
-        value = layer.attrs.get(key)
+    def evaluate(
+        self, layer: LayerIR, key: str, env: dict[str, int], prefix: str, table: dict[str, Any] | None = None
+    ) -> int | float | bool | None:
+        value = (layer.attrs if table is None else table).get(key)
         if isinstance(value, (Const, expressions.Name, expressions.Neg, expressions.BinOp)):
             try:
                 return expressions.evaluate(value, env)
@@ -440,6 +584,8 @@ class _Instantiator:
             inputs = [values[name] for name in layer.inputs]
             if layer.op == "stage":  # the structural ops expand into blocks and projections
                 values[layer.name] = self.stage(layer, env, prefix, inputs[0])
+            elif layer.op == "submodule":
+                values[layer.name] = self.submodule(layer, env, prefix, inputs[0])
             elif layer.op == "shortcut":
                 values[layer.name] = self.shortcut(layer, env, prefix, inputs)
             else:
@@ -491,10 +637,9 @@ class _Instantiator:
     def _stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
         block = self.blocks[layer.block]  # type: ignore[index]
         stride = self.evaluate(layer, "stride", env, prefix)
-        arguments = {key: expressions.evaluate(value, env) for key, value in layer.args.items()}  # plain integers
         defaults = {name: value for name, value in block.params.items() if value is not None}
         instances, value = [], source
-        for index in range(int(layer.attrs["repeat"])):  # type: ignore[arg-type]
+        for index, arguments in enumerate(layer.per_block):
             args = {**defaults, **arguments}
             if "stride" in block.params:
                 args["stride"] = int(stride) if index == 0 else 1  # type: ignore[arg-type]
@@ -504,6 +649,14 @@ class _Instantiator:
             value = self.scope(block, {**args, "in_channels": in_channels}, f"{prefix}{layer.name}.{index}.", value)
         self.stages[prefix + layer.name] = instances
         return value
+
+    def submodule(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
+        """One instance of a block, named: its layers become `NAME.layer` nodes (`se.fc1`)."""
+        block = self.blocks[layer.block]  # type: ignore[index]
+        given = {key: self.evaluate(layer, key, env, prefix, table=layer.args) for key in layer.args}
+        args = {**{name: value for name, value in block.params.items() if value is not None}, **given}
+        args = {name: args[name] for name in block.params}
+        return self.scope(block, {**args, "in_channels": self.shapes[source][0]}, f"{prefix}{layer.name}.", source)
 
     def shortcut(self, layer: LayerIR, env: dict[str, int], prefix: str, inputs: list[str]) -> str:
         source, reshaped = inputs[0], inputs[-1]
@@ -539,12 +692,11 @@ def lower(loaded: LoadedSpec) -> Model:
     if checks.problems:
         raise SpecError(checks.problems)
     instantiator = _Instantiator(loaded, checks.blocks)
-    values = instantiator.values(
-        body, {"num_classes": loaded.spec.num_classes, "in_channels": loaded.spec.input[0]}, "", "input"
-    )
-    output = values[body.output]
+    values = instantiator.values(body, {name: value for name, value in body.params.items()}, "", "input")  # type: ignore[misc]
+    outputs = tuple(loaded.spec.outputs or ())
+    output = values[outputs[-1]] if outputs else values[body.output]
     final_shape = instantiator.shapes[output]
-    if final_shape != (loaded.spec.num_classes,):
+    if not outputs and final_shape != (loaded.spec.num_classes,):
         last = body.layers[-1]
         raise SpecError.at(
             last.origin.at(),
@@ -552,7 +704,7 @@ def lower(loaded: LoadedSpec) -> Model:
             f"but its last layer '{last.name}' gives {final_shape}",
             "E405",
         )
-    graph = Graph(instantiator.input_shape, instantiator.nodes, output)
+    graph = Graph(instantiator.input_shape, instantiator.nodes, output, {name: values[name] for name in outputs})
     verify(graph)
     return Model(
         class_name=loaded.spec.name,
@@ -572,4 +724,5 @@ def lower(loaded: LoadedSpec) -> Model:
         stages=instantiator.stages,
         body_shapes={layer.name: instantiator.shapes[values[layer.name]] for layer in body.layers},
         graph=graph,
+        outputs=outputs,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import keyword
 
+from resnetc.ops import REGISTRY
+
 # Names the generated module binds itself, or that nn.Module defines: a layer called
 # `forward` or `training` would silently break the model.
 _TEMPLATE_NAMES = frozenset(
@@ -32,7 +34,9 @@ _TEMPLATE_NAMES = frozenset(
     }  # logits: the ONNX graph's output
 )
 # Class names the generated module defines or imports itself.
-RESERVED_CLASS_NAMES = frozenset({"F", "ZeroPadShortcut"})
+RESERVED_CLASS_NAMES = frozenset(
+    {"F", "ZeroPadShortcut", *(op.torch_helper_name for op in REGISTRY.values() if op.torch_helper_name)}
+)
 _MODULE_ATTRIBUTES = frozenset(
     {
         "T_destination",

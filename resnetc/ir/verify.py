@@ -25,5 +25,6 @@ def verify(graph: Graph) -> None:
         if any(size < 1 for shape in shapes for size in shape):
             raise IRError(f"node {node.name!r} has an empty shape among {shapes}")
         defined.add(node.name)
-    if graph.output not in defined:
-        raise IRError(f"graph output {graph.output!r} is not defined")
+    for value in [graph.output, *graph.features.values()]:
+        if value not in defined:
+            raise IRError(f"graph output {value!r} is not defined")

@@ -6,7 +6,7 @@ imported below), then regenerate the schema and the README table (`python -m res
 
 # isort: off
 # The order of these imports is the registry's order: the schema's, the README table's, the hints'.
-from resnetc.ops import conv, norm, activation, pool, dense, merge, structure  # noqa: F401  (they register)
+from resnetc.ops import conv, norm, activation, pool, dense, regularization, merge, structure  # noqa: F401
 
 # isort: on
 from resnetc.ops.base import Op

@@ -15,7 +15,7 @@ import numpy as np
 
 from resnetc.errors import SpecError
 from resnetc.spec.expr import Expr
-from resnetc.spec.fields import StrictModel, expression_fields
+from resnetc.spec.fields import StrictModel, expression_fields, rate_fields
 
 if TYPE_CHECKING:
     from resnetc.ir.graph import LayerIR, Node
@@ -49,6 +49,18 @@ class Inferred:
     macs: int = 0
 
 
+@dataclass(frozen=True)
+class TorchHelper:
+    """A small class of the generated module: its docstring, `__init__` signature and body, `forward` body."""
+
+    name: str
+    doc: str
+    signature: str
+    init: tuple[str, ...]
+    forward: tuple[str, ...]
+    base: str = "nn.Module"
+
+
 class OnnxGraph(Protocol):
     """What an op's ONNX emitter may do: add nodes and int64 constants to the graph being built."""
 
@@ -59,6 +71,8 @@ class OnnxGraph(Protocol):
     def constant(self, name: str, values: list[int]) -> str: ...
 
     def scalar(self, name: str, value: float) -> str: ...
+
+    def tensor(self, name: str, values: np.ndarray) -> str: ...
 
 
 class Op:
@@ -71,6 +85,7 @@ class Op:
     placement_rule: ClassVar[str] = ""  # why it stands only where it may, for the error message
     arity: ClassVar[int | None] = 1  # how many inputs; None: two or more
     structural: ClassVar[bool] = False  # expanded by lowering (stage, shortcut), not a graph node
+    instantiates_block: ClassVar[bool] = False  # expands into instances of a block (stage, submodule)
     # How the op counts: a weighted layer on the main path (He et al.'s depth), a convolution, a norm
     # that ends a residual branch (zero_init_residual zeroes its weight).
     counts_as_layer: ClassVar[bool] = False
@@ -81,8 +96,10 @@ class Op:
     aliases_input: ClassVar[bool] = False  # the output may be the input tensor itself (a view, identity)
     saves_output: ClassVar[bool] = False  # autograd keeps the output for backward: it must not be overwritten
     torch_init: ClassVar[tuple[str, tuple[str, ...]] | None] = None  # (module class, init lines) for init_weights
+    torch_helper_name: ClassVar[str | None] = None  # a class the generated module defines for this op
     # A small valid use of the op, for the registry test (merged into `{op: name}`).
     example: ClassVar[dict[str, Any]] = {}
+    example_before: ClassVar[tuple[dict[str, Any], ...]] = ()  # layers the example needs just before it
     input_rank: ClassVar[int] = 3  # the rank of the input the example needs: 3 (C, H, W) or 1 (features)
 
     @property
@@ -94,6 +111,10 @@ class Op:
     @property
     def expression_fields(self) -> tuple[str, ...]:
         return expression_fields(self.fields) if self.fields is not None else ()
+
+    @property
+    def rate_fields(self) -> tuple[str, ...]:
+        return rate_fields(self.fields) if self.fields is not None else ()
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:
@@ -145,6 +166,11 @@ class Op:
 
     def torch_call(self, layer: LayerIR, args: list[str]) -> str | None:
         """Source of the expression that computes the op in `forward` when it is not a module."""
+        return None
+
+    def torch_helper(self) -> TorchHelper | None:
+        """The class (named `torch_helper_name`) that the generated module defines when torch has no module
+        for the op: the generated code imports only torch."""
         return None
 
     # ---- ONNX ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive, window
+from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
 from resnetc.ops.registry import register
 from resnetc.spec.expr import BinOp, Const, Expr
 from resnetc.spec.fields import IntExpr, LayerFields
@@ -113,4 +113,70 @@ class Conv(Op):
             dilations=[a["dilation"]] * 2,
             group=a["groups"],
         )
+        return True
+
+
+class ChannelConvFields(LayerFields):
+    op: Literal["channel_conv"]
+    kernel: IntExpr  # odd: the output keeps one value per channel
+    bias: bool = False
+
+
+@register
+class ChannelConv(Op):
+    fields = ChannelConvFields
+    doc = (
+        "a 1-D convolution across the channels of a pooled (C, 1, 1) value, as ECA attention uses it "
+        "(`nn.Conv1d(1, 1, kernel)` on the channels; ONNX `Reshape`, `Conv`, `Reshape`)"
+    )
+    torch_helper_name = "ChannelConv"
+    example: ClassVar[dict[str, Any]] = {"kernel": 3}
+    example_before: ClassVar[tuple[dict[str, Any], ...]] = ({"op": "global_avg_pool"},)
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, height, width = image(shapes, "channel_conv")
+        if (height, width) != (1, 1):
+            raise ShapeError(
+                f"channel_conv reads a pooled (C, 1, 1) value, got {shapes[0]}: put a global_avg_pool before it",
+                "from",
+            )
+        positive(attrs, "kernel")
+        kernel = attrs["kernel"]
+        if kernel % 2 == 0:
+            raise ShapeError(f"kernel must be odd so that every channel keeps its place, got {kernel}", "kernel")
+        params: dict[str, Shape] = {"weight": (1, 1, kernel)}
+        if attrs["bias"]:
+            params["bias"] = (1,)
+        return Inferred(shape=shapes[0], resolved={"padding": (kernel - 1) // 2}, params=params, macs=channels * kernel)
+
+    def initial(self, key: str, shape: Shape, params: dict[str, Shape], rng: np.random.Generator) -> np.ndarray:
+        return fan_in_uniform(rng, shape, params["weight"])
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        options = source.keywords([("bias", layer.attrs["bias"], False)])
+        return source.call("ChannelConv", source.expression(layer.attrs["kernel"]), options)
+
+    def torch_helper(self) -> TorchHelper:
+        return TorchHelper(
+            name="ChannelConv",
+            base="nn.Conv1d",
+            doc=(
+                "A 1-D convolution across the channels of a pooled (N, C, 1, 1) map (ECA-Net, Wang et al. 2020): "
+                "the channels are the sequence, one input and one output channel."
+            ),
+            signature="self, kernel_size: int, bias: bool = False",
+            init=("super().__init__(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=bias)",),
+            forward=("return super().forward(x.view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1)",),
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        a, name = node.attrs, node.name
+        sequence = f"{name}.sequence"
+        graph.node("Reshape", [inputs[0], graph.constant(f"{name}.to_sequence", [0, 1, -1])], [sequence], sequence)
+        weights = [f"{name}.weight"] + ([f"{name}.bias"] if a["bias"] else [])
+        convolved = f"{name}.convolved"
+        graph.node(
+            "Conv", [sequence, *weights], [convolved], convolved, kernel_shape=[a["kernel"]], pads=[a["padding"]] * 2
+        )
+        graph.node("Reshape", [convolved, graph.constant(f"{name}.to_map", [0, -1, 1, 1])], [output], name)
         return True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import Field
 
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive, window
+from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
 from resnetc.ops.registry import register
 from resnetc.spec.expr import Expr
 from resnetc.spec.fields import IntExpr, LayerFields
@@ -114,4 +115,93 @@ class GlobalAvgPool(Op):
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         graph.node("GlobalAveragePool", inputs, [output], node.name)
+        return True
+
+
+class BlurPoolFields(LayerFields):
+    op: Literal["blur_pool"]
+    stride: IntExpr = 2
+    filter: IntExpr = 3  # the binomial filter's size: 3 is [1, 2, 1] / 4 in each direction
+
+
+def binomial_filter(size: int) -> np.ndarray:
+    """The normalised (size, size) binomial filter: row C(size-1, k) / 2^(size-1), times itself."""
+    row = np.ones(1)
+    for _ in range(size - 1):
+        row = np.concatenate([row, [0.0]]) + np.concatenate([[0.0], row])
+    row /= row.sum()
+    return np.outer(row, row)
+
+
+@register
+class BlurPool(Op):
+    fields = BlurPoolFields
+    doc = (
+        "anti-aliased downsampling (Zhang 2019, timm's BlurPool2d): reflect-pad, blur with a fixed binomial "
+        "filter (not a weight), subsample by `stride`; at stride 1 the identity"
+    )
+    torch_helper_name = "BlurPool2d"
+    example: ClassVar[dict[str, Any]] = {"stride": 2}
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, height, width = image(shapes, "blur_pool")
+        positive(attrs, "stride", "filter")
+        stride, size = attrs["stride"], attrs["filter"]
+        if size < 2:
+            raise ShapeError(f"filter must be at least 2, got {size}", "filter")
+        padding = ((stride - 1) + (size - 1)) // 2
+        if stride == 1:
+            return Inferred(shape=shapes[0], resolved={"in_channels": channels, "padding": 0})
+        if padding >= min(height, width):
+            raise ShapeError(
+                f"reflect padding of {padding} needs an input larger than {height}x{width}", "stride", "E403"
+            )
+        out_h = window(height, size, stride, padding, 1, "blur_pool")
+        out_w = window(width, size, stride, padding, 1, "blur_pool")
+        return Inferred(shape=(channels, out_h, out_w), resolved={"in_channels": channels, "padding": padding})
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        options = source.keywords([("stride", layer.attrs["stride"], 2), ("filter_size", layer.attrs["filter"], 3)])
+        return source.call("BlurPool2d", source.expression(channels), options)
+
+    def torch_helper(self) -> TorchHelper:
+        return TorchHelper(
+            name="BlurPool2d",
+            doc=(
+                "Anti-aliased downsampling (Zhang 2019), as timm's BlurPool2d: reflect padding, a fixed binomial "
+                "blur per channel, then every stride-th pixel. The filter is a buffer outside the state_dict."
+            ),
+            signature="self, channels: int, stride: int = 2, filter_size: int = 3",
+            init=(
+                "super().__init__()",
+                "self.stride = stride",
+                "self.padding = ((stride - 1) + (filter_size - 1)) // 2",
+                "row = torch.ones(1)",
+                "for _ in range(filter_size - 1):  # Pascal's triangle: the binomial coefficients",
+                "    row = torch.cat([row, row.new_zeros(1)]) + torch.cat([row.new_zeros(1), row])",
+                "row = row / row.sum()",
+                "blur = (row[:, None] * row[None, :]).expand(channels, 1, filter_size, filter_size)",
+                'self.register_buffer("filt", blur.clone(), persistent=False)',
+            ),
+            forward=(
+                "if self.stride == 1:",
+                "    return x",
+                'x = F.pad(x, (self.padding,) * 4, mode="reflect")',
+                "return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])",
+            ),
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        a, name = node.attrs, node.name
+        if a["stride"] == 1:
+            graph.node("Identity", inputs, [output], name)
+            return True
+        p, size, channels = a["padding"], a["filter"], a["in_channels"]
+        padded = f"{name}.padded"
+        pads = graph.constant(f"{name}.pads", [0, 0, p, p, 0, 0, p, p])
+        graph.node("Pad", [inputs[0], pads], [padded], padded, mode="reflect")
+        blur = graph.tensor(f"{name}.filter", np.broadcast_to(binomial_filter(size), (channels, 1, size, size)))
+        graph.node(
+            "Conv", [padded, blur], [output], name, kernel_shape=[size, size], strides=[a["stride"]] * 2, group=channels
+        )
         return True

@@ -51,25 +51,69 @@ class Shortcut(Op):
         return attrs["out"]
 
 
+class Schedule(StrictModel):
+    """A value that changes linearly over every block of every stage that gives this argument the same
+    schedule, in order: timm's stochastic-depth rule (`drop_path_rate` spread from 0 to the rate)."""
+
+    linear: list[float] = Field(min_length=2, max_length=2)  # [first block's value, last block's value]
+
+
+Number = int | float
+StageArgument = Annotated[int, Field(ge=0)] | float | list[Number] | Schedule
+
+
 class StageFields(StrictModel):
     """`repeat` copies of a block; `stride` goes to the first block, the others get 1."""
 
     op: Literal["stage"]
     from_: Reference | None = Field(default=None, alias="from")
     block: str
-    # Plain integers: a stage is one concrete instantiation, fixed when the model is generated.
+    # Plain values: a stage is one concrete instantiation, fixed when the model is generated.
     repeat: int
     stride: Annotated[int, Field(ge=1)] = 1
-    args: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    # A value for every block; a list gives one per block; a schedule spreads values over the network.
+    args: dict[str, StageArgument] = Field(default_factory=dict)
+    # Arguments of the first block only, over `args` (timm's first_dilation: the block that enters a
+    # dilated stage keeps the dilation before it).
+    first: dict[str, Number] = Field(default_factory=dict)
 
 
 @register
 class Stage(Op):
     fields = StageFields
-    doc = "`repeat` blocks in an `nn.Sequential`, `args` to each, `stride` to the first only"
+    doc = (
+        "`repeat` blocks in an `nn.Sequential`: `args` to each (a list: one value per block; "
+        "`{linear: [a, b]}`: spread over the network), `first` and `stride` to the first only"
+    )
     structural = True
+    instantiates_block = True
     placement = frozenset({TOP})
     placement_rule = "belongs at the top level of a spec, not inside a block"
+
+    @property
+    def wiring_fields(self) -> tuple[str, ...]:
+        return ("op", "from_", "block", "args", "first")
+
+
+class SubmoduleFields(StrictModel):
+    """One instance of a block as a named sub-module: its layers' keys come out as `NAME.layer.weight`."""
+
+    op: Literal["submodule"]
+    from_: Reference | None = Field(default=None, alias="from")
+    block: str
+    # Integers may be expressions over the enclosing block's parameters; rates may name one.
+    args: dict[str, IntExpr | float] = Field(default_factory=dict)
+
+
+@register
+class Submodule(Op):
+    fields = SubmoduleFields
+    doc = (
+        "one instance of a block as a named sub-module (`conv1.0.weight`, `se.fc1.weight`): a deep stem, "
+        "an attention module; `args` may be expressions over the enclosing block's parameters"
+    )
+    structural = True
+    instantiates_block = True
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ def fold_batchnorm(graph: Graph, weights: Weights) -> tuple[Graph, Weights, Fold
             and source is not None
             and source.op == "conv"
             and readers.get(source.name) == 1
-            and source.name != graph.output
+            and source.name not in graph.outputs.values()
         )
         if not foldable:
             nodes.append(_rewire(node, renamed))
@@ -66,7 +66,8 @@ def fold_batchnorm(graph: Graph, weights: Weights) -> tuple[Graph, Weights, Fold
         renamed[node.name] = conv.name
         folded.append((conv.name, node.name))
     output = renamed.get(graph.output, graph.output)
-    return Graph(graph.input_shape, nodes, output), new_weights, FoldReport(folded)
+    features = {name: renamed.get(value, value) for name, value in graph.features.items()}
+    return Graph(graph.input_shape, nodes, output, features), new_weights, FoldReport(folded)
 
 
 def _rewire(node, renamed: dict[str, str]):

@@ -60,6 +60,38 @@ IntExpr = Annotated[
 ]
 
 
+def _float_or_parameter(value: object) -> float | str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PydanticCustomError(
+            "float_or_parameter_type",
+            "expected a number or the name of a block parameter, got {value}",
+            {"value": spelling(value)},
+        )
+    if isinstance(value, str):
+        if not (value.isascii() and value.isidentifier()):
+            raise ValueError(f"{value!r} is not a parameter name (a rate is a number or a parameter's name)")
+        return value
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("a rate must be a finite number")
+    return float(value)
+
+
+class _RateMarker:
+    """Marks a float field that may name a block parameter (a rate such as a drop-path probability)."""
+
+
+RATE = _RateMarker()
+
+# A number, or the name of a block parameter that holds one: `rate: drop_path` in a block with
+# `params: {drop_path: 0.0}`.
+FloatParam = Annotated[
+    float | str,
+    PlainValidator(_float_or_parameter),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "description": "a block parameter's name"}]}),
+    RATE,
+]
+
+
 def _check_reference(value: str) -> str:
     if not value.isascii() or not value.isidentifier():
         raise ValueError(f"{value!r} is not a layer name")
@@ -99,6 +131,11 @@ def expression_fields(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(
         name for name, info in model.model_fields.items() if any(item is EXPRESSION for item in _metadata(info))
     )
+
+
+def rate_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a layer model that hold a number or a block parameter's name."""
+    return tuple(name for name, info in model.model_fields.items() if any(item is RATE for item in _metadata(info)))
 
 
 def _metadata(info: Any) -> list[object]:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import AfterValidator, Field, field_validator
 
 from resnetc import ops
-from resnetc.spec.fields import IntExpr, StrictModel
+from resnetc.spec.fields import IntExpr, Reference, StrictModel
 
 SPEC_VERSION = 1
 
@@ -28,7 +28,8 @@ class BlockDef(StrictModel):
 
     class_name: str | None = None
     doc: str = ""
-    params: dict[str, int | None] = Field(default_factory=dict)
+    # Parameters and defaults (null: required). A float default makes a rate, usable in rate fields only.
+    params: dict[str, int | float | None] = Field(default_factory=dict)
     # Derived integers, computed in order from the parameters: `inner: width * base_width // 64 * groups`.
     let: dict[str, IntExpr] = Field(default_factory=dict)
     layers: dict[str, Layer] = Field(min_length=1)
@@ -54,7 +55,9 @@ class Spec(StrictModel):
     name: Annotated[str, AfterValidator(_check_class_name)]
     doc: str = ""
     input: list[Annotated[int, Field(gt=0)]] = Field(min_length=3, max_length=3)  # channels, height, width
-    num_classes: int = Field(gt=0)
+    num_classes: int | None = Field(default=None, gt=0)  # required, except for a backbone (`outputs`)
+    # A backbone: the top-level layers whose values the model returns, in order (no classifier).
+    outputs: list[Reference] | None = Field(default=None, min_length=1)
     shortcut: Literal["A", "B", "C"] = "B"
     projection: str = "projection"  # the block that projects shortcuts (options B and C)
     zero_pad: Literal["end", "split"] = "end"  # option A: zeros after the real channels, or split before/after
