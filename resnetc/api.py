@@ -90,13 +90,36 @@ def to_source(spec: SpecLike, **overrides: object) -> str:
     return render(lower(spec, **overrides))
 
 
-def build(spec: SpecLike, **overrides: object) -> torch.nn.Module:
+def build(
+    spec: SpecLike,
+    weights: WeightsLike = None,
+    *,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
+    **overrides: object,
+) -> torch.nn.Module:
     """The spec's model, built in memory from the same source `compile` writes (so the two never
-    drift), without touching generated/. Overrides: num_classes, in_channels, input_size."""
+    drift), without touching generated/. Overrides: num_classes, in_channels, input_size.
+
+    With `weights` (a state_dict or safetensors file, or a mapping), the model holds them; `reinit` names
+    layers that keep the model's own initialisation instead (a new head for fine-tuning:
+    `resnetc.build("specs/timm/resnet50d.yaml", "r50d.safetensors", num_classes=10, reinit=("fc",))`)."""
+    model = lower(spec, **overrides)
+    module = _module(model)
+    if weights is not None:
+        import torch
+
+        arrays, _ = _weights(model, weights, 0, tuple(reinit), strip_prefix)
+        skipped = {key for key in arrays if any(key == p or key.startswith(p + ".") for p in reinit)}
+        state = {key: torch.from_numpy(value) for key, value in arrays.items() if key not in skipped}
+        module.load_state_dict(state, strict=False)  # every key but the re-initialised ones, checked by _weights
+    return module
+
+
+def _module(model: Model) -> torch.nn.Module:
     import importlib.util
     import tempfile
 
-    model = lower(spec, **overrides)
     with tempfile.TemporaryDirectory(prefix="resnetc-build-") as folder:
         path = Path(folder) / f"{model.stem}.py"
         path.write_text(to_source(model), encoding="utf-8")
@@ -113,14 +136,23 @@ class OnnxResult:
     weights_origin: str  # the weights file, or a note that they are seeded
 
 
-def _weights(model: Model, weights: WeightsLike, seed: int) -> tuple[Weights, str]:
-    from resnetc.weights import initialise, match_weights, read_weights
+def _weights(
+    model: Model, weights: WeightsLike, seed: int, reinit: tuple[str, ...] = (), strip_prefix: str | None = None
+) -> tuple[Weights, str]:
+    from resnetc.weights import initialise, match, read_weights
 
     if weights is None:
+        if reinit or strip_prefix:
+            raise UsageError("--reinit and --strip-prefix apply to a weights file; give one with --weights")
         return initialise(model.graph, seed), f"seeded initialisation (seed {seed}); pass --weights for real weights"
     if isinstance(weights, (str, Path)):
-        return match_weights(model.graph, read_weights(weights), f"weights in {weights}"), str(weights)
-    return match_weights(model.graph, dict(weights)), "weights given in memory"
+        arrays, origin = read_weights(weights), str(weights)
+    else:
+        arrays, origin = dict(weights), "weights given in memory"
+    matched = match(model.graph, arrays, f"weights in {origin}", reinit=tuple(reinit), strip_prefix=strip_prefix, seed=seed)
+    if matched.reinitialised:
+        origin += f"; left at their seeded initialisation (--reinit): {', '.join(matched.reinitialised)}"
+    return matched.arrays, origin
 
 
 def build_onnx(
@@ -131,14 +163,18 @@ def build_onnx(
     dtype: str = "float32",
     fold_bn: bool = False,
     seed: int = 0,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
     **overrides: object,
 ) -> OnnxResult:
     """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
-    (exact in eval mode; the folded graph's initializers no longer match the state_dict)."""
+    (exact in eval mode; the folded graph's initializers no longer match the state_dict). `reinit` names
+    layers left at their seeded initialisation instead of the file's (fine-tuning a new head);
+    `strip_prefix` removes a wrapper's prefix (`module.`) from the file's keys."""
     from resnetc.backends.onnx_graph import build
 
     model = lower(spec, **overrides)
-    arrays, origin = _weights(model, weights, seed)
+    arrays, origin = _weights(model, weights, seed, tuple(reinit), strip_prefix)
     if fold_bn:
         from resnetc.ir.verify import verify
         from resnetc.passes.fold_batchnorm import fold_batchnorm
@@ -157,11 +193,15 @@ def to_onnx(
     opset: int = 17,
     dtype: str = "float32",
     fold_bn: bool = False,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
     **overrides: object,
 ) -> onnx.ModelProto:
     """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None).
     Overrides: num_classes, in_channels, input_size."""
-    return build_onnx(spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, **overrides).proto
+    return build_onnx(
+        spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, reinit=reinit, strip_prefix=strip_prefix, **overrides
+    ).proto
 
 
 @dataclass
@@ -199,6 +239,8 @@ def compile_spec(
     dtype: str = "float32",
     fold_bn: bool = False,
     check: bool = False,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
     **overrides: object,
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
@@ -216,7 +258,9 @@ def compile_spec(
     if target in ("torch", "all"):
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
     if target in ("onnx", "all"):
-        built = build_onnx(model, weights, opset=opset, dtype=dtype, fold_bn=fold_bn)
+        built = build_onnx(
+            model, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, reinit=reinit, strip_prefix=strip_prefix
+        )
         outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
         result.weights_origin = built.weights_origin
     changed: dict[Path, bytes] = {}

@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--out", default="generated", help="output folder (default: generated/)")
     compile_.add_argument("--target", choices=("torch", "onnx", "all"), default="torch")
     compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
+    compile_.add_argument(
+        "--reinit",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="leave LAYER (e.g. fc) at its seeded initialisation instead of --weights' tensors (a new head)",
+    )
+    compile_.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. module.) from every weight key")
     compile_.add_argument("--opset", type=int, default=17)
     compile_.add_argument(
         "--dtype",
@@ -77,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(graph)
 
     commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    listing = commands.add_parser("list", help="the shipped specs, by the name that builds them, with params and GMACs")
+    listing.add_argument("--json", action="store_true")
 
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
     run.add_argument("model", metavar="MODEL.onnx")
@@ -136,6 +146,8 @@ def _compile(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             fold_bn=args.fold_bn,
             check=args.check,
+            reinit=tuple(args.reinit),
+            strip_prefix=args.strip_prefix,
             **_overrides(args),
         )
         if args.check:
@@ -202,7 +214,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
         print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
     else:  # a backbone: one output per feature
-        outputs = ", ".join(f"{out.name} {list(value.shape)}" for out, value in zip(session.get_outputs(), results))
+        outputs = ", ".join(
+            f"{out.name} {list(value.shape)}" for out, value in zip(session.get_outputs(), results, strict=True)
+        )
         print(f"input: {list(batch.shape)} -> outputs: {outputs}")
     print(f"median latency: {latency * 1e3:.2f} ms over {max(1, args.repeats)} runs (batch {batch.shape[0]})")
     return EXIT_OK
@@ -244,7 +258,26 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+    from resnetc.spec.shipped import shipped
+
+    rows = []
+    for name, path in shipped().items():
+        summary = info(path)
+        rows.append({"name": name, "class": summary.name, "params": summary.params, "macs": summary.macs})
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    width = max(len(row["name"]) for row in rows)
+    print(f"{'spec':<{width}}  {'class':<18} {'params':>12} {'GMACs':>8}")
+    for row in rows:
+        print(f"{row['name']:<{width}}  {row['class']:<18} {row['params']:>12,} {row['macs'] / 1e9:>8.3f}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "list": _list,
     "compile": _compile,
     "check": _check,
     "info": _info,

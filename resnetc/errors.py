@@ -37,6 +37,7 @@ CODES: dict[str, str] = {
     "E309": "stage arguments that do not fit the block",
     "E310": "expression cannot be evaluated (division by zero)",
     "E311": "a layer's `module` does not name an earlier layer of the same op and settings",
+    "E312": "a block that contains itself through a submodule",
     "E401": "invalid layer configuration (groups, padding, channels, ranks)",
     "E402": "shape mismatch where values merge (add, mul)",
     "E403": "spatial size reaches zero",

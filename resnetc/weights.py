@@ -7,6 +7,7 @@ read with safetensors' numpy API; torch is imported only to read a `.pt`/`.pth` 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,16 +81,103 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-def match_weights(graph: Graph, arrays: dict[str, object], origin: str = "weights") -> Weights:
+# Wrappers that prefix every key: DistributedDataParallel (`module.`), training frameworks (`model.`).
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Signs of the naming schemes ResNets are published under, from the keys that only one scheme has.
+_SCHEMES = (
+    ("conv1.0.weight", "a deep 3-convolution stem (conv1.0, conv1.3, conv1.6: timm's resnet*d, *t, *s)"),
+    ("conv1.weight", "a single-convolution stem (conv1.weight: torchvision's and timm's plain ResNets)"),
+    ("stem.conv.weight", "a pre-activation stem (stem.conv: timm's ResNetV2)"),
+)
+_DOWNSAMPLING = (
+    (".downsample.2.weight", "average-pool downsampling (downsample.1/.2: timm's avg_down, ResNet-D)"),
+    (".downsample.0.weight", "strided 1x1 projections (downsample.0/.1: torchvision's and timm's default)"),
+)
+
+
+def _scheme(keys: set[str]) -> str:
+    found = [text for key, text in _SCHEMES if key in keys]
+    found += [text for suffix, text in _DOWNSAMPLING if any(key.endswith(suffix) for key in keys)][:1]
+    if any(".se.fc1." in key for key in keys):
+        found.append("squeeze-and-excitation (se.fc1, se.fc2)")
+    elif any(".se.conv." in key for key in keys):
+        found.append("ECA attention (se.conv)")
+    return ", ".join(found) or "no layout resnetc recognises"
+
+
+def _naming_hint(expected: dict[str, tuple[int, ...]], given: dict[str, object]) -> str | None:
+    """Why the names differ, where the cause is a known one: a wrapper's prefix, or another model's layout."""
+    for prefix in WRAPPER_PREFIXES:
+        if given and all(key.startswith(prefix) for key in given):
+            stripped = {key[len(prefix) :] for key in given}
+            if stripped == set(expected):
+                return (
+                    f"every key carries the prefix '{prefix}' (a DistributedDataParallel or training wrapper's "
+                    f"state_dict): pass --strip-prefix {prefix} (Python: strip_prefix='{prefix}')"
+                )
+            return f"every key carries the prefix '{prefix}'; strip it with --strip-prefix {prefix}"
+    theirs, ours = _scheme(set(given)), _scheme(set(expected))
+    if theirs != ours:
+        return f"the file has {theirs}; this spec expects {ours}: it is another model's state_dict"
+    return None
+
+
+@dataclass(frozen=True)
+class Matched:
+    """Weights that fit the graph, and the tensors left at their seeded initialisation (`reinit`)."""
+
+    arrays: Weights
+    reinitialised: list[str]
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
+def match_weights(
+    graph: Graph,
+    arrays: dict[str, object],
+    origin: str = "weights",
+    *,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
+    seed: int = 0,
+) -> Weights:
     """Check names and shapes against the graph; float32 arrays in the graph's order."""
+    return match(graph, arrays, origin, reinit=reinit, strip_prefix=strip_prefix, seed=seed).arrays
+
+
+def match(
+    graph: Graph,
+    arrays: dict[str, object],
+    origin: str = "weights",
+    *,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | None = None,
+    seed: int = 0,
+) -> Matched:
+    """`match_weights` with its report. `reinit` names layers (`fc`, `layer4.2`) whose tensors are not taken
+    from the file but left at the seeded initialisation: fine-tuning a new head. `strip_prefix` removes a
+    wrapper's prefix (`module.`) from every key first."""
     expected = graph.tensors()
-    given = {key: value for key, value in arrays.items() if not key.endswith(IGNORED_SUFFIXES)}
-    missing = [key for key in expected if key not in given]
+    if strip_prefix:
+        arrays = {key.removeprefix(strip_prefix): value for key, value in arrays.items()}
+    unknown = [prefix for prefix in reinit if not any(_under(key, (prefix,)) for key in expected)]
+    if unknown:
+        raise WeightsError(f"--reinit names no layer with weights: {', '.join(unknown)}")
+    skipped = [key for key in expected if _under(key, reinit)]
+    given = {
+        key: value
+        for key, value in arrays.items()
+        if not key.endswith(IGNORED_SUFFIXES) and not _under(key, reinit)
+    }
+    kept = {key: shape for key, shape in expected.items() if key not in skipped}
+    missing = [key for key in kept if key not in given]
     unexpected = [key for key in given if key not in expected]
     misshaped = [
-        f"{key} {tuple(np.shape(given[key]))} (expected {expected[key]})"
-        for key in expected
-        if key in given and tuple(np.shape(given[key])) != expected[key]
+        f"{key} {tuple(np.shape(given[key]))} (expected {kept[key]})"
+        for key in kept
+        if key in given and tuple(np.shape(given[key])) != kept[key]
     ]
     problems = []
     if missing:
@@ -98,9 +186,17 @@ def match_weights(graph: Graph, arrays: dict[str, object], origin: str = "weight
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if misshaped:
         problems.append(f"wrong shapes: {_listing(misshaped)}")
+        layers = sorted({key.rsplit(".", 1)[0] for key in kept if key in given and np.shape(given[key]) != kept[key]})
+        problems.append(f"to fine-tune with a new head, leave those layers at their initialisation: "
+                        f"--reinit {' --reinit '.join(layers[:3])}")
+    if (missing or unexpected) and (hint := _naming_hint(kept, given)) is not None:
+        problems.append(hint)
     result: Weights = {}
+    initial = initialise(graph, seed) if skipped else {}
     for key in expected:
-        if key in given and not problems:
+        if key in skipped:
+            result[key] = initial[key]
+        elif key in given and not problems:
             array = np.asarray(given[key])
             if not np.issubdtype(array.dtype, np.floating):
                 problems.append(f"{key} has dtype {array.dtype}; weights must be floating point")
@@ -111,7 +207,7 @@ def match_weights(graph: Graph, arrays: dict[str, object], origin: str = "weight
             result[key] = array.astype(np.float32)
     if problems:
         raise WeightsError(f"{origin} do not fit the model: " + "; ".join(problems))
-    return result
+    return Matched(result, skipped)
 
 
 def save_safetensors(weights: Weights, path: str | Path) -> None:

@@ -201,7 +201,13 @@ def _custom_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
 # Single-input ops a block may hold, from the registry; their settings are made to keep (C, H, W) so that
 # any two values can meet at an add (global pooling still makes a (C, 1, 1) gate, which `mul` takes).
 _BLOCK_OPS = [
-    op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity == 1 and op.input_rank == 3
+    op
+    for op in ops.spec_ops()
+    if BLOCK in op.placement
+    and not op.structural
+    and op.arity == 1
+    and op.input_rank == 3
+    and not op.example_before  # an op that needs a particular input (a pooled one) is tested in the registry
 ]
 _MERGE_OPS = [op for op in ops.spec_ops() if BLOCK in op.placement and not op.structural and op.arity != 1]
 _WINDOW_OPS = [op.name for op in _BLOCK_OPS if "kernel" in dict(op.keys()) and op.parameter_free]
@@ -212,7 +218,9 @@ def _keep_shape(op: ops.Op) -> dict[str, object]:
     chosen = dict(op.example)
     keys = {key for key, _ in op.keys()}
     if "kernel" in keys:
-        chosen.update(kernel=3, stride=1, padding=1)
+        chosen.update({key: value for key, value in (("kernel", 3), ("padding", 1)) if key in keys})
+    if "stride" in keys:
+        chosen["stride"] = 1
     if "out" in keys:
         chosen["out"] = "width"
     return chosen

@@ -207,3 +207,48 @@ def test_a_backend_without_an_op_names_backend_op_and_location(monkeypatch) -> N
         "tiny.yaml",
         text.splitlines().index(next(line for line in text.splitlines() if "op: relu" in line)) + 1,
     )
+
+
+SUBMODULES = """\
+  stem:
+    params: {width: null}
+    layers:
+      "0": {op: conv, out: width, kernel: 3, stride: 2}
+      "1": {op: batchnorm}
+      "2": {op: relu}
+  gate:
+    params: {reduced: null}
+    layers:
+      pool: {op: global_avg_pool}
+      fc1: {op: conv, out: reduced, kernel: 1, bias: true}
+      act: {op: relu}
+      fc2: {op: conv, out: in_channels, kernel: 1, bias: true}
+      sigmoid: {op: sigmoid}
+      scale: {op: mul, from: [input, sigmoid]}
+  gated:
+    params: {width: null, stride: 1}
+    layers:
+      conv: {op: conv, out: width, kernel: 3, stride: stride}
+      bn: {op: batchnorm}
+      se: {op: submodule, block: gate, args: {reduced: width // 2}}
+      skip: {op: shortcut, from: input, out: width, stride: stride}
+      add: {op: add, from: [se, skip]}
+  chain:
+    params: {}
+    layers:
+      "0": {op: submodule, block: stem, args: {width: 8}}
+      "1": {op: conv, out: 8, kernel: 1}"""
+
+
+def test_submodule_at_the_top_in_a_block_and_in_a_numbered_block() -> None:
+    """`submodule` (structural) at every place: nested keys (`conv1.0.weight`, `layer1.0.se.fc1.weight`)."""
+    body = [
+        "conv1: {op: submodule, block: stem, args: {width: 8}}",
+        "layer1: {op: stage, block: gated, repeat: 2, args: {width: 8}}",
+        "tail: {op: submodule, block: chain}",
+        *HEAD,
+    ]
+    text = _spec(body, SUBMODULES.splitlines())
+    check_both_backends(text)
+    keys = list(resnetc.build(load_spec_text(text, "tiny.yaml")).state_dict())
+    assert {"conv1.0.weight", "layer1.0.se.fc1.weight", "layer1.1.se.fc2.bias", "tail.0.0.weight"} <= set(keys)

@@ -90,8 +90,10 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         nodes,
         model.class_name,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", channels, "H", "W"])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, _output_dims(name, graph.shape_of(value)))
-         for value, name in named.items()],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, _output_dims(name, graph.shape_of(value)))
+            for value, name in named.items()
+        ],
     )
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(

@@ -106,7 +106,9 @@ class _ClassWriter:
         params += f", zero_init_residual: bool = {literal(self.model.zero_init_residual)}"
         init = ["super().__init__()", *self._members(scope), "self.init_weights(zero_init_residual)"]
         forward = self._forward(scope, self.model.body_shapes)
-        return self._class(scope, "nn.Module", f"self, {params}", init, forward, self._feature_info() + self._init_weights())
+        return self._class(
+            scope, "nn.Module", f"self, {params}", init, forward, self._feature_info() + self._init_weights()
+        )
 
     def _feature_info(self) -> list[str]:
         """A backbone says what `forward` returns: each feature's name, channels and stride, as timm's

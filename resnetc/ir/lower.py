@@ -132,13 +132,16 @@ class _StaticChecks:
         if spec.num_classes is not None:
             params = {"num_classes": spec.num_classes, **params}
         elif spec.outputs is None:
-            self.fail(source.value(()), "missing required key 'num_classes' (a backbone gives 'outputs' instead)", "E202")
+            self.fail(
+                source.value(()), "missing required key 'num_classes' (a backbone gives 'outputs' instead)", "E202"
+            )
         layers = self._layers(spec.layers, source, ("layers",), set(params), top_level=True)
         for index, name in enumerate(spec.outputs or []):
             if name not in {layer.name for layer in layers}:
                 self.fail(
                     source.value(("outputs", index)),
-                    f"'{name}' is not a top-level layer; 'outputs' can name: " + ", ".join(layer.name for layer in layers),
+                    f"'{name}' is not a top-level layer; 'outputs' can name: "
+                    + ", ".join(layer.name for layer in layers),
                     "E307",
                     did_you_mean(name, [layer.name for layer in layers]),
                 )

@@ -89,6 +89,7 @@ class Op:
     # How the op counts: a weighted layer on the main path (He et al.'s depth), a convolution, a norm
     # that ends a residual branch (zero_init_residual zeroes its weight).
     counts_as_layer: ClassVar[bool] = False
+    has_weights: ClassVar[bool] = False  # parameters or buffers in the state_dict
     is_convolution: ClassVar[bool] = False
     is_norm: ClassVar[bool] = False
     # PyTorch emission.
@@ -124,7 +125,7 @@ class Op:
     @property
     def parameter_free(self) -> bool:
         """Whether the op never has weights (so one module of it may be applied at several places)."""
-        return not self.counts_as_layer and not self.is_norm
+        return not self.has_weights
 
     # ---- spec and shapes -------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class ConvFields(LayerFields):
 @register
 class Conv(Op):
     fields = ConvFields
+    has_weights = True
     doc = "2-D convolution, square kernel (`nn.Conv2d`, ONNX `Conv`); padding defaults to 'same' at stride 1"
     counts_as_layer = True
     is_convolution = True
@@ -125,6 +126,7 @@ class ChannelConvFields(LayerFields):
 @register
 class ChannelConv(Op):
     fields = ChannelConvFields
+    has_weights = True
     doc = (
         "a 1-D convolution across the channels of a pooled (C, 1, 1) value, as ECA attention uses it "
         "(`nn.Conv1d(1, 1, kernel)` on the channels; ONNX `Reshape`, `Conv`, `Reshape`)"

@@ -58,6 +58,7 @@ class LinearFields(LayerFields):
 @register
 class Linear(Op):
     fields = LinearFields
+    has_weights = True
     doc = "fully connected layer on a flat input (`nn.Linear`, ONNX `Gemm`)"
     placement = frozenset({TOP})
     placement_rule = HEAD_ONLY

@@ -25,6 +25,7 @@ class BatchNormFields(LayerFields):
 @register
 class BatchNorm(Op):
     fields = BatchNormFields
+    has_weights = True
     doc = "batch normalisation over channels (`nn.BatchNorm2d`, ONNX `BatchNormalization`); momentum as PyTorch's"
     is_norm = True
     torch_init = ("nn.BatchNorm2d", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))

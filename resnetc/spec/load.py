@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from resnetc import ops
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
 from resnetc.spec.models import BlockDef, Library, Spec
+from resnetc.spec.shipped import resolve
 from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap, read_yaml, spelling
 
@@ -175,8 +176,8 @@ def load_spec_text(text: str, path: str = "<spec>") -> LoadedSpec:
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
-    """Read and validate a spec file."""
-    path = Path(path)
+    """Read and validate a spec file, or a shipped spec by name (`resnet50`, `timm/resnet50d`)."""
+    path = resolve(path)
     try:
         raw = path.read_bytes()
     except OSError as error:

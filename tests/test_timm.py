@@ -1,0 +1,145 @@
+"""specs/timm/ are timm's models: timm's state_dict keys in timm's order, strict loading, equal outputs.
+
+Every spec is compared with `timm.create_model(name, pretrained=False, **kwargs)` (no download) after
+randomising every BatchNorm (timm zero-initialises the last gamma of each branch, which would hide
+differences): keys and shapes, strict load, eval outputs at 96x96, train-mode outputs (the same seed
+for timm's and our drop-path draws), and the ONNX graph against the module. 97x97 (odd: average-pool
+downsampling with ceil_mode) and the default 224x224 are marked slow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import resnetc
+from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, state_arrays
+
+timm = pytest.importorskip("timm")
+
+# spec stem -> (timm model name, constructor arguments)
+TIMM_SPECS = {
+    "resnet50d": ("resnet50d", {}),
+    "resnet26t": ("resnet26t", {}),
+    "seresnet50": ("seresnet50", {}),
+    "ecaresnet50d": ("ecaresnet50d", {}),
+    "resnetrs50": ("resnetrs50", {}),
+    "resnetblur50": ("resnetblur50", {}),
+    "resnet50_os16": ("resnet50", {"output_stride": 16}),
+    "resnet50_droppath": ("resnet50", {"drop_path_rate": 0.1}),
+    "resnet50_features": ("resnet50", {"features_only": True, "out_indices": (1, 2, 3, 4)}),
+}
+
+
+def _spec(stem: str) -> str:
+    return str(ROOT / "specs" / "timm" / f"{stem}.yaml")
+
+
+def _pair(stem: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    name, kwargs = TIMM_SPECS[stem]
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False, **kwargs)
+    exercise_batchnorm(reference, seed=7)
+    ours = resnetc.build(_spec(stem))
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def _outputs(result: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+def test_every_timm_spec_is_tested() -> None:
+    assert sorted(path.stem for path in (ROOT / "specs" / "timm").glob("*.yaml")) == sorted(TIMM_SPECS)
+
+
+@pytest.mark.parametrize("stem", sorted(TIMM_SPECS))
+def test_same_keys_in_timms_order_and_shapes(stem: str) -> None:
+    reference, ours = _pair(stem)
+    theirs, mine = reference.state_dict(), ours.state_dict()
+    assert list(mine) == list(theirs)
+    assert [tuple(value.shape) for value in mine.values()] == [tuple(value.shape) for value in theirs.values()]
+
+
+def _compare(stem: str, size: int) -> None:
+    reference, ours = _pair(stem)
+    batch = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        for expected, got in zip(_outputs(reference(batch)), _outputs(ours(batch)), strict=True):
+            torch.testing.assert_close(
+                got, expected, rtol=1e-5, atol=1e-5 * max(1.0, float(expected.detach().abs().max()))
+            )
+    # Train mode: batch statistics, and drop-path draws from the same seed.
+    reference.train()
+    ours.train()
+    torch.manual_seed(11)
+    expected_train = _outputs(reference(batch))
+    torch.manual_seed(11)
+    for expected, got in zip(expected_train, _outputs(ours(batch)), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * max(1.0, float(expected.detach().abs().max())))
+
+
+@pytest.mark.parametrize("stem", sorted(TIMM_SPECS))
+def test_outputs_equal_timms_at_96(stem: str) -> None:
+    _compare(stem, 96)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [97, 224])
+@pytest.mark.parametrize("stem", sorted(TIMM_SPECS))
+def test_outputs_equal_timms_at_odd_and_default_sizes(stem: str, size: int) -> None:
+    _compare(stem, size)
+
+
+@pytest.mark.parametrize("stem", sorted(TIMM_SPECS))
+def test_onnx_agrees_with_the_module_on_timms_weights(stem: str) -> None:
+    _, ours = _pair(stem)
+    ours.eval()
+    batch = np.random.default_rng(3).standard_normal((2, 3, 96, 96), dtype=np.float32)
+    proto = resnetc.to_onnx(_spec(stem), weights=state_arrays(ours))
+    got = cpu_session(proto).run(None, {"input": batch})
+    with torch.no_grad():
+        expected = [item.numpy() for item in _outputs(ours(torch.from_numpy(batch)))]
+    assert [output.name for output in proto.graph.output] == (
+        ["layer1", "layer2", "layer3", "layer4"] if stem == "resnet50_features" else ["logits"]
+    )
+    for onnx_out, torch_out in zip(got, expected, strict=True):
+        if torch_out.ndim == 2:
+            assert_agree(onnx_out, torch_out)
+        else:
+            scale = max(1.0, float(np.abs(torch_out).max()))
+            np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_drop_path_rates_are_timms_and_paths_really_drop() -> None:
+    reference, ours = _pair("resnet50_droppath")
+    theirs = [module.drop_prob for module in reference.modules() if type(module).__name__ == "DropPath"]
+    mine = [module.rate for module in ours.modules() if type(module).__name__ == "DropPath" and module.rate > 0]
+    assert mine == theirs and len(mine) == 15 and mine[-1] == pytest.approx(0.1)  # block 0 has rate 0
+    ours.train()
+    batch = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(1)
+    first = ours(batch)
+    torch.manual_seed(2)
+    second = ours(batch)
+    differs = (first - second).abs().amax(dim=1) > 1e-6
+    assert differs.any()  # different per-sample draws give different outputs
+    ours.eval()
+    with torch.no_grad():
+        assert torch.equal(ours(batch), ours(batch))  # and eval mode is deterministic, no drop
+
+
+def test_backbone_says_its_features() -> None:
+    _, ours = _pair("resnet50_features")
+    assert ours.feature_info == [
+        {"name": "layer1", "channels": 256, "stride": 4},
+        {"name": "layer2", "channels": 512, "stride": 8},
+        {"name": "layer3", "channels": 1024, "stride": 16},
+        {"name": "layer4", "channels": 2048, "stride": 32},
+    ]
+    summary = resnetc.info(_spec("resnet50_features")).as_json()
+    assert [item["stride"] for item in summary["outputs"]] == [4, 8, 16, 32]
+    assert summary["output"] == [2048, 7, 7]
