@@ -149,7 +149,9 @@ def _weights(
         arrays, origin = read_weights(weights), str(weights)
     else:
         arrays, origin = dict(weights), "weights given in memory"
-    matched = match(model.graph, arrays, f"weights in {origin}", reinit=tuple(reinit), strip_prefix=strip_prefix, seed=seed)
+    matched = match(
+        model.graph, arrays, f"weights in {origin}", reinit=tuple(reinit), strip_prefix=strip_prefix, seed=seed
+    )
     if matched.reinitialised:
         origin += f"; left at their seeded initialisation (--reinit): {', '.join(matched.reinitialised)}"
     return matched.arrays, origin

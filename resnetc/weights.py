@@ -167,9 +167,7 @@ def match(
         raise WeightsError(f"--reinit names no layer with weights: {', '.join(unknown)}")
     skipped = [key for key in expected if _under(key, reinit)]
     given = {
-        key: value
-        for key, value in arrays.items()
-        if not key.endswith(IGNORED_SUFFIXES) and not _under(key, reinit)
+        key: value for key, value in arrays.items() if not key.endswith(IGNORED_SUFFIXES) and not _under(key, reinit)
     }
     kept = {key: shape for key, shape in expected.items() if key not in skipped}
     missing = [key for key in kept if key not in given]
@@ -187,8 +185,10 @@ def match(
     if misshaped:
         problems.append(f"wrong shapes: {_listing(misshaped)}")
         layers = sorted({key.rsplit(".", 1)[0] for key in kept if key in given and np.shape(given[key]) != kept[key]})
-        problems.append(f"to fine-tune with a new head, leave those layers at their initialisation: "
-                        f"--reinit {' --reinit '.join(layers[:3])}")
+        problems.append(
+            f"to fine-tune with a new head, leave those layers at their initialisation: "
+            f"--reinit {' --reinit '.join(layers[:3])}"
+        )
     if (missing or unexpected) and (hint := _naming_hint(kept, given)) is not None:
         problems.append(hint)
     result: Weights = {}
