@@ -31,7 +31,7 @@ CODES: dict[str, str] = {
     "E303": "the projection block does not take 'out' and 'stride'",
     "E304": "a numbered (sequential) block whose layers do not form a chain",
     "E305": "an op in the wrong place (shortcut outside a block, stage inside one, add in a numbered block)",
-    "E306": "repeat out of range",
+    "E306": "a stage's repeat or stride out of range",
     "E307": "'from' names no earlier layer",
     "E308": "unknown parameter in an expression",
     "E309": "stage arguments that do not fit the block",

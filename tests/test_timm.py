@@ -29,6 +29,8 @@ TIMM_SPECS = {
     "resnet50_os16": ("resnet50", {"output_stride": 16}),
     "resnet50_droppath": ("resnet50", {"drop_path_rate": 0.1}),
     "resnet50_features": ("resnet50", {"features_only": True, "out_indices": (1, 2, 3, 4)}),
+    "resnetv2_50": ("resnetv2_50", {}),
+    "resnetv2_50x1_bit": ("resnetv2_50x1_bit", {}),
 }
 
 

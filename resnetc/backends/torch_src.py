@@ -19,10 +19,11 @@ from resnetc import ops
 from resnetc.backends.templates import template_dir
 from resnetc.ir.aliasing import Aliasing, analyse
 from resnetc.ir.graph import BlockInstance, LayerIR, Model, Scope
+from resnetc.ir.lower import stage_block_arguments
 from resnetc.ops.base import TorchHelper, unsupported
 from resnetc.ops.source import RenderError, expression, literal
 from resnetc.spec import expr as expressions
-from resnetc.spec.expr import BinOp, Const, Expr
+from resnetc.spec.expr import BinOp, Const, Expr, fold
 
 TEMPLATE = "module.py.jinja"
 ZERO_PAD_CLASS = "ZeroPadShortcut"
@@ -49,7 +50,10 @@ def _variables(scope: Scope, returned: tuple[str, ...] = ()) -> dict[str, str]:
     occupant: str | None = "input" if chain == "x" else None  # the value now in the chain variable
     for index, layer in enumerate(scope.layers):
         chain_free = occupant is None or max(consumers.get(occupant, [-1])) <= index
-        if chain_free and len(consumers.get(layer.name, [])) <= 1:
+        readers = consumers.get(layer.name, [])
+        # The chain is the main path; a shortcut computed early (timm's order) waits for the add under its name.
+        waits = layer.op == "shortcut" and readers != [index + 1]
+        if chain_free and len(readers) <= 1 and not waits:
             holder[layer.name] = chain
             occupant = layer.name
         else:
@@ -238,7 +242,7 @@ class _ClassWriter:
 
     def _members(self, scope: Scope) -> list[str]:
         lines = []
-        for layer in scope.layers:
+        for layer in scope.declared_layers():
             op = ops.get(layer.op)
             channels = self._features(scope, layer) if op.input_rank == 1 else scope.channels_in(layer)
             if self._is_member(layer):
@@ -273,6 +277,8 @@ class _ClassWriter:
         return f"self.{layer.name} = {call} if {condition} else None"
 
     def _stage(self, layer: LayerIR, channels: Expr) -> list[str]:
+        if layer.name not in self.model.stages or not layer.per_block:
+            return self._symbolic_stage(layer, channels)
         instances = self.model.stages[layer.name]
         block = self.model.blocks[instances[0].block]
         groups: list[tuple[str, int]] = []
@@ -286,6 +292,28 @@ class _ClassWriter:
         if len(items) == 1:
             return [f"self.{layer.name} = nn.Sequential({items[0]})"]
         return [f"self.{layer.name} = nn.Sequential(", *(f"    {item}," for item in items), ")"]
+
+    def _symbolic_stage(self, layer: LayerIR, channels: Expr) -> list[str]:
+        """A stage inside a block: its repeat and arguments are expressions over the block's parameters,
+        so it is written as the first block and a loop of the others."""
+        block = self.model.blocks[layer.block]  # type: ignore[index]
+        rates = {key: value for key, value in layer.args.items() if isinstance(value, float)}
+
+        def call(index: int, in_channels: Expr) -> str:
+            given: dict[str, object] = {**stage_block_arguments(layer, block, index), **rates}
+            if index == 0:
+                given |= {key: value for key, value in layer.first.items() if isinstance(value, float)}
+            shown = [f"{name}={expression(given[name])}" for name in block.params if name in given]
+            return f"{block.class_name}({', '.join([expression(in_channels), *shown])})"
+
+        first_env = {**{k: Const(v) for k, v in block.params.items() if isinstance(v, int)}}
+        first_env |= {**stage_block_arguments(layer, block, 0), "in_channels": channels}
+        width = fold(expressions.substitute(block.output_channels(), first_env))
+        repeat = fold(layer.attrs["repeat"])  # type: ignore[arg-type]
+        if repeat == Const(1):
+            return [f"self.{layer.name} = nn.Sequential({call(0, channels)})"]
+        rest = f"*({call(1, width)} for _ in range({expression(fold(BinOp('-', repeat, Const(1))))}))"
+        return [f"self.{layer.name} = nn.Sequential(", f"    {call(0, channels)},", f"    {rest},", ")"]
 
     def _submodule(self, layer: LayerIR, channels: Expr) -> str:
         block = self.model.blocks[layer.block]  # type: ignore[index]

@@ -72,7 +72,7 @@ def summarize(model: Model) -> Summary:
                 sum(node.param_count for node in members),
                 sum(node.macs for node in members),
                 layer.block,
-                int(layer.attrs["repeat"]) if layer.op == "stage" else None,  # type: ignore[arg-type]
+                len(model.stages[layer.name]) if layer.op == "stage" else None,
             )
         )
     return Summary(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from math import prod
 
 from resnetc.errors import Location
-from resnetc.spec.expr import Expr
+from resnetc.spec.expr import Expr, substitute
 from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap
 
@@ -43,7 +43,8 @@ class LayerIR:
     block: str | None = None  # stage and submodule: which block type it instantiates
     args: dict[str, Expr | float] = field(default_factory=dict)  # submodule: its arguments; stage: the keys given
     module: str | None = None  # applies the module of this earlier layer (`module:` in the spec)
-    per_block: tuple[dict[str, int | float], ...] = ()  # stage only: each block's own arguments
+    per_block: tuple[dict[str, int | float], ...] = ()  # top-level stage: each block's own arguments
+    first: dict[str, int | float] = field(default_factory=dict)  # stage: the first block's own arguments
 
     @property
     def module_name(self) -> str:
@@ -65,6 +66,18 @@ class Scope:
     output: str
     origin: Origin
     residual_batchnorms: tuple[str, ...] = ()  # BatchNorms that end a residual branch (zero_init_residual)
+    declared: tuple[str, ...] = ()  # layer names as written, when that differs from `layers` (execution) order
+
+    def declared_layers(self) -> list[LayerIR]:
+        """The layers in the order the spec writes them: the order of the module's attributes."""
+        return [self.layer(name) for name in self.declared] if self.declared else list(self.layers)
+
+    def output_channels(self) -> Expr:
+        """The block's output channels as an expression over its parameters only (lets inlined)."""
+        out = self.value_channels[self.output]
+        for name, value in reversed(self.lets.items()):
+            out = substitute(out, {name: value})
+        return out
 
     def channels_in(self, layer: LayerIR, position: int = 0) -> Expr:
         """Channels of a layer's input (its `position`-th), as an expression over the scope's parameters."""

@@ -118,9 +118,10 @@ class _StaticChecks:
             lets,
             layers,
             self._channels(layers),
-            layers[-1].name,
+            list(block.layers)[-1],  # the last layer written is the block's output
             origin,
             residual,
+            tuple(block.layers),
         )
 
     def body(self) -> Scope:
@@ -148,9 +149,7 @@ class _StaticChecks:
         projection_users = [
             layer
             for layer in layers
-            if ops.get(layer.op).instantiates_block
-            and layer.block in self.blocks
-            and any(inner.op == "shortcut" for inner in self.blocks[layer.block].layers)
+            if ops.get(layer.op).instantiates_block and layer.block in self.blocks and self._has_shortcut(layer.block)
         ]
         if projection_users and spec.shortcut != "A":  # option A pads instead of projecting
             self._check_projection(projection_users[0])
@@ -164,6 +163,17 @@ class _StaticChecks:
             self._channels(layers),
             layers[-1].name,
             Origin(source, ()),
+        )
+
+    def _has_shortcut(self, block: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether a block, or a block it instantiates (at any depth), has a shortcut that may project."""
+        scope = self.blocks.get(block)
+        if scope is None or block in seen:
+            return False
+        return any(
+            layer.op == "shortcut"
+            or (ops.get(layer.op).instantiates_block and self._has_shortcut(layer.block, seen | {block}))  # type: ignore[arg-type]
+            for layer in scope.layers
         )
 
     def _check_projection(self, first_user: LayerIR) -> None:
@@ -254,7 +264,7 @@ class _StaticChecks:
                 self.fail(
                     origin.at("from"), "layers named 0, 1, 2, ... form a chain and cannot read other layers", "E304"
                 )
-            inputs = self._inputs(layer, result, origin)
+            inputs = self._inputs(layer, result, origin, set(layers))
             attrs: dict[str, AttrValue] = {}
             for key, value in layer:
                 if key in op.wiring_fields:
@@ -266,15 +276,20 @@ class _StaticChecks:
                 else:
                     attrs[key] = value
             block_name, args, per_block = None, {}, ()
+            first: dict[str, int | float] = {}
             if layer.op == "stage" and placed:  # a misplaced stage is not expanded (its block may be this one)
-                block_name = layer.block
-                attrs["stride"] = Const(layer.stride)  # evaluated like any other attribute
-                if not 1 <= layer.repeat <= MAX_REPEAT:
-                    self.fail(
-                        origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {layer.repeat}", "E306"
-                    )
-                args = {key: Const(0) for key in [*layer.args, *layer.first]}  # the keys, for blame
-                per_block = self._per_block(layer, origin) if 1 <= layer.repeat <= MAX_REPEAT else ()
+                block_name, first = layer.block, dict(layer.first)
+                args = self._stage_arguments(layer, allowed, origin, top_level)
+                if top_level:  # every block's arguments are known now: lists and schedules are spread
+                    repeat = self._plain(attrs["repeat"], origin, "repeat")
+                    if (stride := self._plain(attrs["stride"], origin, "stride")) < 1:
+                        self.fail(origin.at("stride"), f"stride must be at least 1, got {stride}", "E306")
+                    if not 1 <= repeat <= MAX_REPEAT:
+                        self.fail(
+                            origin.at("repeat"), f"repeat must be between 1 and {MAX_REPEAT}, got {repeat}", "E306"
+                        )
+                    else:
+                        per_block = self._per_block(layer, origin, repeat)
                 self._check_stage(layer.block, layer, origin)
             elif layer.op == "submodule":
                 block_name = layer.block
@@ -286,8 +301,22 @@ class _StaticChecks:
             module = getattr(layer, "module", None)
             if module is not None:
                 self._check_reuse(op, name, module, attrs, result, origin, sequential)
-            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module, per_block))
-        return tuple(result)
+            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module, per_block, first))
+        return self._execution_order(result)
+
+    def _execution_order(self, layers: list[LayerIR]) -> tuple[LayerIR, ...]:
+        """The declared order, except that a layer waits until its inputs exist (a shortcut declared before
+        the value it projects). A cycle cannot arise: only a shortcut's `project_from` may look ahead, and
+        what it names cannot read the shortcut before it exists."""
+        done, ordered, waiting = {"input"}, [], list(layers)
+        while waiting:
+            ready = next((layer for layer in waiting if set(layer.inputs) <= done), None)
+            if ready is None:  # a value never defined: already reported by _inputs
+                return tuple(ordered + waiting)
+            waiting.remove(ready)
+            ordered.append(ready)
+            done.add(ready.name)
+        return tuple(ordered)
 
     def _check_reuse(
         self,
@@ -322,14 +351,24 @@ class _StaticChecks:
             return
         self.fail(origin.at("module"), problem, "E311")
 
-    def _inputs(self, layer: Layer, earlier: list[LayerIR], origin: Origin) -> tuple[str, ...]:
+    def _inputs(self, layer: Layer, earlier: list[LayerIR], origin: Origin, declared: set[str]) -> tuple[str, ...]:
         reference = getattr(layer, "from_", None)
         if reference is None:
             return (earlier[-1].name if earlier else "input",)
         references = reference if isinstance(reference, list) else [reference]
-        if getattr(layer, "project_from", None) is not None:  # a shortcut's second input: what it reshapes
-            references = [*references, layer.project_from]  # type: ignore[union-attr]
         known = {"input"} | {item.name for item in earlier}
+        project_from = getattr(layer, "project_from", None)
+        if project_from is not None:  # a shortcut's second input: what it reshapes
+            if project_from not in known | declared:
+                self.fail(
+                    origin.at("project_from"),
+                    f"'{project_from}' is not a layer of this block",
+                    "E307",
+                    did_you_mean(project_from, known | declared),
+                )
+            # It may be declared later (timm registers `downsample` before what it projects): the block
+            # then computes it once its input exists, and keeps the declared order for its modules.
+            return (*references, project_from)
         for position, name in enumerate(references):
             if name not in known:
                 where = (
@@ -375,25 +414,58 @@ class _StaticChecks:
             self.fail(origin.at(key), f"'{value}' is not a float parameter of this block; known here: {known}", "E308")
         return expressions.Name(value)
 
-    def _per_block(self, layer: Any, origin: Origin) -> tuple[dict[str, int | float], ...]:
+    def _plain(self, value: Any, origin: Origin, key: str) -> int:
+        """A top-level integer: an expression there can only read num_classes and in_channels."""
+        spec = self.loaded.spec
+        env = {"in_channels": spec.input[0], **({"num_classes": spec.num_classes} if spec.num_classes else {})}
+        if isinstance(value, Expr.__args__) and set(expressions.names(value)) - set(env):  # type: ignore[attr-defined]
+            return 1  # an unknown name, already reported (E308)
+        try:
+            return expressions.evaluate(value, env) if isinstance(value, Expr.__args__) else int(value)  # type: ignore[attr-defined]
+        except expressions.ExprError as error:
+            self.fail(origin.at(key), str(error), "E310")
+            return 1
+
+    def _stage_arguments(self, layer: Any, allowed: set[str], origin: Origin, top_level: bool) -> dict[str, Any]:
+        """A stage's `args` as expressions (rates as floats); inside a block every block gets the same."""
+        parsed: dict[str, Any] = {}
+        for key, value in layer.args.items():
+            if isinstance(value, (list, Schedule)):
+                if not top_level:
+                    self.fail(
+                        origin.source.value((*origin.path, "args", key)),
+                        "a stage inside a block gives every block the same arguments; lists and schedules "
+                        "belong to top-level stages",
+                        "E309",
+                    )
+                parsed[key] = Const(0)
+            elif isinstance(value, float):
+                parsed[key] = value
+            else:
+                parsed[key] = self._expression(value, allowed, Origin(origin.source, (*origin.path, "args")), key)
+        return parsed
+
+    def _per_block(self, layer: Any, origin: Origin, repeat: int) -> tuple[dict[str, int | float], ...]:
         """Each block's own arguments: lists give one value per block, schedules spread over the network,
         `first` overrides the first block's."""
         blocks: list[dict[str, int | float]] = []
-        for index in range(layer.repeat):
+        for index in range(repeat):
             values: dict[str, int | float] = {}
             for key, value in layer.args.items():
                 if isinstance(value, list):
-                    if len(value) != layer.repeat:
+                    if len(value) != repeat:
                         if index == 0:
                             self.fail(
                                 origin.source.value((*origin.path, "args", key)),
-                                f"'{key}' lists {len(value)} values for the stage's {layer.repeat} blocks",
+                                f"'{key}' lists {len(value)} values for the stage's {repeat} blocks",
                                 "E309",
                             )
                         continue
                     values[key] = value[index]
                 elif isinstance(value, Schedule):
                     values[key] = self._schedules.next(key, value)
+                elif isinstance(value, str):
+                    values[key] = self._plain(expressions.parse(value), origin, "args")
                 else:
                     values[key] = value
             if index == 0:
@@ -406,6 +478,7 @@ class _StaticChecks:
         if block is None:
             return
         self._check_arguments(block_name, block, list(args), origin, "args")
+        self._check_types(block, args, origin, "args")
         missing = [name for name, default in block.params.items() if default is None and name not in args]
         if missing:
             self.fail(
@@ -413,6 +486,19 @@ class _StaticChecks:
                 f"block '{block_name}' needs " + ", ".join(f"'{name}'" for name in missing) + " in args",
                 "E309",
             )
+
+    def _check_types(self, block: Scope, given: dict[str, Any], origin: Origin, key: str) -> None:
+        """A float argument is a rate: only a parameter with a float default takes one."""
+        for name, value in given.items():
+            values = value if isinstance(value, list) else [value]
+            if name in block.params and not isinstance(block.params[name], float):
+                if any(isinstance(item, float) for item in values):
+                    self.fail(
+                        origin.source.value((*origin.path, key, name)),
+                        f"'{name}' of block '{block.name}' is an integer; a number with a point is a rate, "
+                        "which only a parameter with a float default takes",
+                        "E200",
+                    )
 
     def _check_arguments(self, block_name: str, block: Scope, names: list[str], origin: Origin, key: str) -> None:
         for name in names:
@@ -431,6 +517,8 @@ class _StaticChecks:
             return
         self._check_arguments(block_name, block, list(args), origin, "args")
         self._check_arguments(block_name, block, list(layer.first), origin, "first")
+        self._check_types(block, dict(args), origin, "args")
+        self._check_types(block, dict(layer.first), origin, "first")
         missing = [
             name for name, default in block.params.items() if default is None and name not in args and name != "stride"
         ]
@@ -447,7 +535,7 @@ class _StaticChecks:
                     "give a stage's stride as the stage's own 'stride' (it applies to the first block)",
                     "E309",
                 )
-        if stride != 1 and "stride" not in block.params:
+        if stride not in (1, "1") and "stride" not in block.params:
             self.fail(origin.at("stride"), f"block '{block_name}' has no 'stride' parameter to downsample with", "E309")
 
     def _channels(self, layers: tuple[LayerIR, ...]) -> dict[str, Expr]:
@@ -469,7 +557,17 @@ class _StaticChecks:
 
     def _stage_channels(self, layer: LayerIR, channels: Expr) -> Expr:
         block = self.blocks[layer.block]  # type: ignore[index]
-        out = self._output_channels(block)
+        out = block.output_channels()
+        if not layer.per_block:  # a stage inside a block: symbolic; its blocks after the first keep their width
+            repeat = fold(layer.attrs["repeat"])  # type: ignore[arg-type]
+            for index in range(1 if repeat == Const(1) else 2):
+                env = {
+                    **_integer_defaults(block),
+                    **stage_block_arguments(layer, block, index),
+                    "in_channels": channels,
+                }
+                channels = fold(expressions.substitute(out, env))
+            return channels
         for index, arguments in enumerate(layer.per_block):
             first_stride: Expr = layer.attrs["stride"] if index == 0 else Const(1)  # type: ignore[assignment]
             stride = {"stride": first_stride} if "stride" in block.params else {}
@@ -482,13 +580,18 @@ class _StaticChecks:
         block = self.blocks[layer.block]  # type: ignore[index]
         given = {key: value for key, value in layer.args.items() if not isinstance(value, float)}
         env = {**_integer_defaults(block), **given, "in_channels": channels}
-        return fold(expressions.substitute(self._output_channels(block), env))  # type: ignore[arg-type]
+        return fold(expressions.substitute(block.output_channels(), env))  # type: ignore[arg-type]
 
-    def _output_channels(self, block: Scope) -> Expr:
-        out = block.value_channels[block.output]
-        for name, value in reversed(block.lets.items()):  # inline lets: the result reads parameters only
-            out = expressions.substitute(out, {name: value})
-        return out
+
+def stage_block_arguments(layer: LayerIR, block: Scope, index: int) -> dict[str, Expr]:
+    """The integer arguments of block `index` of a stage inside a block, as expressions over the enclosing
+    block's parameters: `args` for every block, `first` and the stage's stride for the first."""
+    given: dict[str, Expr] = {key: value for key, value in layer.args.items() if not isinstance(value, float)}
+    if index == 0:
+        given |= {key: Const(value) for key, value in layer.first.items() if isinstance(value, int)}
+    if "stride" in block.params:
+        given["stride"] = layer.attrs["stride"] if index == 0 else Const(1)  # type: ignore[assignment]
+    return given
 
 
 def _integer_defaults(block: Scope) -> dict[str, Expr]:
@@ -642,7 +745,7 @@ class _Instantiator:
         stride = self.evaluate(layer, "stride", env, prefix)
         defaults = {name: value for name, value in block.params.items() if value is not None}
         instances, value = [], source
-        for index, arguments in enumerate(layer.per_block):
+        for index, arguments in enumerate(layer.per_block or self._uniform_blocks(layer, env, prefix)):
             args = {**defaults, **arguments}
             if "stride" in block.params:
                 args["stride"] = int(stride) if index == 0 else 1  # type: ignore[arg-type]
@@ -652,6 +755,14 @@ class _Instantiator:
             value = self.scope(block, {**args, "in_channels": in_channels}, f"{prefix}{layer.name}.{index}.", value)
         self.stages[prefix + layer.name] = instances
         return value
+
+    def _uniform_blocks(self, layer: LayerIR, env: dict[str, int], prefix: str) -> list[dict[str, int | float]]:
+        """A stage inside a block: every block gets the same arguments, evaluated for this instance."""
+        repeat = self.evaluate(layer, "repeat", env, prefix)
+        if not isinstance(repeat, int) or not 1 <= repeat <= MAX_REPEAT:
+            raise self.fail(layer, "repeat", f"repeat must be between 1 and {MAX_REPEAT}, got {repeat}", prefix, "E306")
+        given = {key: self.evaluate(layer, key, env, prefix, table=layer.args) for key in layer.args}
+        return [{**given, **(layer.first if index == 0 else {})} for index in range(repeat)]  # type: ignore[misc]
 
     def submodule(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
         """One instance of a block, named: its layers become `NAME.layer` nodes (`se.fc1`)."""

@@ -42,7 +42,7 @@ def _items(model: Model) -> tuple[list[tuple[str, str, str | None]], list[tuple[
 
 def _stage_title(model: Model, stage: str) -> str:
     layer = model.body.layer(stage)
-    return f"{stage}: {layer.block} x{layer.attrs['repeat']}"
+    return f"{stage}: {layer.block} x{len(model.stages[stage])}"
 
 
 def _node_id(name: str) -> str:

@@ -86,7 +86,10 @@ class Conv(Op):
     def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
         a = layer.attrs
         padding = a["padding"]
-        if padding is None:
+        if padding is None and isinstance(a["kernel"], Const):  # dilation * half the kernel: `dilation` for 3x3
+            half = (a["kernel"].value - 1) // 2
+            padding = a["dilation"] if half == 1 else source.fold(BinOp("*", a["dilation"], Const(half)))
+        elif padding is None:
             padding = source.fold(BinOp("//", BinOp("*", a["dilation"], BinOp("-", a["kernel"], Const(1))), Const(2)))
         options = source.keywords(
             [
@@ -181,4 +184,78 @@ class ChannelConv(Op):
             "Conv", [sequence, *weights], [convolved], convolved, kernel_shape=[a["kernel"]], pads=[a["padding"]] * 2
         )
         graph.node("Reshape", [convolved, graph.constant(f"{name}.to_map", [0, -1, 1, 1])], [output], name)
+        return True
+
+
+class StdConvFields(ConvFields):
+    op: Literal["std_conv"]  # type: ignore[assignment]
+    eps: float = 1e-6  # added to the weight's variance (BiT uses 1e-8)
+
+
+@register
+class StdConv(Conv):
+    fields = StdConvFields
+    doc = (
+        "a convolution with weight standardisation (Qiao et al. 2019, timm's StdConv2d): each filter scaled "
+        "to zero mean and unit variance before use; the stored weight is the state_dict's"
+    )
+    torch_helper_name = "StdConv2d"
+    torch_init = None  # a Conv2d subclass: the convolution's rule covers it
+    example: ClassVar[dict[str, Any]] = {"out": 4, "kernel": 3, "eps": 1e-8}
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        conv = super().torch_module(layer, channels, inplace).replace("nn.Conv2d(", "StdConv2d(", 1)
+        eps = source.keywords([("eps", layer.attrs["eps"], 1e-6)])
+        return conv if not eps else conv[:-1] + f", {eps})"
+
+    def torch_helper(self) -> TorchHelper:
+        return TorchHelper(
+            name="StdConv2d",
+            base="nn.Conv2d",
+            doc=(
+                "A convolution with weight standardisation (Qiao et al. 2019), as timm's StdConv2d: each filter "
+                "is normalised to zero mean and unit variance (plus eps) when it is used."
+            ),
+            signature="self, *args: object, eps: float = 1e-6, **kwargs: object",
+            init=("super().__init__(*args, **kwargs)", "self.eps = eps"),
+            forward=(
+                "flat = self.weight.reshape(1, self.out_channels, -1)",
+                "weight = F.batch_norm(flat, None, None, training=True, momentum=0.0, eps=self.eps)",
+                "weight = weight.reshape_as(self.weight)",
+                "return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)",
+            ),
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        """The standardised weight is computed in the graph from the stored one (onnxruntime folds it at load)."""
+        name = node.name
+        weight = f"{name}.weight"
+
+        def mean(source: str, result: str) -> None:
+            if graph.opset >= 18:  # axes became an input
+                graph.node("ReduceMean", [source, graph.constant(f"{result}.axes", [1, 2, 3])], [result], result)
+            else:
+                graph.node("ReduceMean", [source], [result], result, axes=[1, 2, 3], keepdims=1)
+
+        mean(weight, f"{name}.mean")
+        graph.node("Sub", [weight, f"{name}.mean"], [f"{name}.centred"], f"{name}.centred")
+        graph.node("Mul", [f"{name}.centred", f"{name}.centred"], [f"{name}.squared"], f"{name}.squared")
+        mean(f"{name}.squared", f"{name}.variance")
+        eps = graph.scalar(f"{name}.eps", float(node.attrs["eps"]))
+        graph.node("Add", [f"{name}.variance", eps], [f"{name}.variance_eps"], f"{name}.variance_eps")
+        graph.node("Sqrt", [f"{name}.variance_eps"], [f"{name}.std"], f"{name}.std")
+        graph.node("Div", [f"{name}.centred", f"{name}.std"], [f"{name}.standardised"], f"{name}.standardised")
+        a = node.attrs
+        weights = [f"{name}.standardised"] + ([f"{name}.bias"] if a["bias"] else [])
+        graph.node(
+            "Conv",
+            inputs + weights,
+            [output],
+            name,
+            kernel_shape=[a["kernel"]] * 2,
+            strides=[a["stride"]] * 2,
+            pads=[a["padding"]] * 4,
+            dilations=[a["dilation"]] * 2,
+            group=a["groups"],
+        )
         return True

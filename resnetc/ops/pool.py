@@ -205,3 +205,38 @@ class BlurPool(Op):
             "Conv", [padded, blur], [output], name, kernel_shape=[size, size], strides=[a["stride"]] * 2, group=channels
         )
         return True
+
+
+class PadFields(LayerFields):
+    op: Literal["pad"]
+    padding: IntExpr  # on every side of height and width
+    value: float = 0.0
+
+
+@register
+class Pad(Op):
+    fields = PadFields
+    doc = "constant padding on every side of the map (`nn.ConstantPad2d`, ONNX `Pad`), as BiT's stem pads its pool"
+    example: ClassVar[dict[str, Any]] = {"padding": 1}
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, height, width = image(shapes, "pad")
+        padding = attrs["padding"]
+        if padding < 0:
+            raise ShapeError(f"padding must not be negative, got {padding}", "padding")
+        return Inferred(shape=(channels, height + 2 * padding, width + 2 * padding))
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return source.call(
+            "nn.ConstantPad2d", source.expression(layer.attrs["padding"]), source.literal(float(layer.attrs["value"]))
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        p = node.attrs["padding"]
+        pads = graph.constant(f"{node.name}.pads", [0, 0, p, p, 0, 0, p, p])
+        # Zero padding is written as -0.0: equal to 0 in every computation, but onnxruntime's PadFusion
+        # (1.31) folds a Pad whose value is bitwise zero into a following MaxPool's own padding, which is
+        # -inf, and so changes the result (BiT's stem: 1.8% of the logits). A sign bit keeps the Pad.
+        value = graph.scalar(f"{node.name}.value", float(node.attrs["value"]) or -0.0)
+        graph.node("Pad", [inputs[0], pads, value], [output], node.name, mode="constant")
+        return True

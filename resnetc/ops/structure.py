@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -59,7 +59,9 @@ class Schedule(StrictModel):
 
 
 Number = int | float
-StageArgument = Annotated[int, Field(ge=0)] | float | list[Number] | Schedule
+# A value for every block (an integer or an expression over the enclosing block's parameters, or a rate),
+# one per block (a list: top-level stages only), or a schedule over the network (top-level only).
+StageArgument = IntExpr | float | list[Number] | Schedule
 
 
 class StageFields(StrictModel):
@@ -68,9 +70,9 @@ class StageFields(StrictModel):
     op: Literal["stage"]
     from_: Reference | None = Field(default=None, alias="from")
     block: str
-    # Plain values: a stage is one concrete instantiation, fixed when the model is generated.
-    repeat: int
-    stride: Annotated[int, Field(ge=1)] = 1
+    # Integers; inside a block they may be expressions over its parameters (a stage block of timm's ResNetV2).
+    repeat: IntExpr
+    stride: IntExpr = 1
     # A value for every block; a list gives one per block; a schedule spreads values over the network.
     args: dict[str, StageArgument] = Field(default_factory=dict)
     # Arguments of the first block only, over `args` (timm's first_dilation: the block that enters a
@@ -87,12 +89,15 @@ class Stage(Op):
     )
     structural = True
     instantiates_block = True
-    placement = frozenset({TOP})
-    placement_rule = "belongs at the top level of a spec, not inside a block"
+    placement = frozenset({TOP, BLOCK})
+    placement_rule = "belongs at the top level of a spec or in a block, not in a numbered block"
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:
         return ("op", "from_", "block", "args", "first")
+
+    def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
+        raise AssertionError("a stage's channels come from its block (lowering computes them)")
 
 
 class SubmoduleFields(StrictModel):
