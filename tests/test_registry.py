@@ -41,6 +41,13 @@ def _use(op: ops.Op, source: str, other: str, name: str = "tested") -> list[str]
     ]
     source = f"before{len(before) - 1}" if before else source
     reads: object = source if op.arity == 1 else [source, other]
+    if op.example_logits:  # two branches and their logits: pooled, then one per branch and channel
+        doubled = "width * 2" if source == "first" else 8
+        before += [
+            f"pooled: {{op: global_avg_pool, from: {source}}}",
+            f"branch_logits: {{op: conv, out: {doubled}, kernel: 1}}",
+        ]
+        reads = [source, other, "branch_logits"]
     return [*before, f"{name}: {_flow({'op': op.name, **op.example, 'from': reads})}"]
 
 

@@ -101,6 +101,7 @@ class Op:
     # A small valid use of the op, for the registry test (merged into `{op: name}`).
     example: ClassVar[dict[str, Any]] = {}
     example_before: ClassVar[tuple[dict[str, Any], ...]] = ()  # layers the example needs just before it
+    example_logits: ClassVar[bool] = False  # its last input is one logit per branch and channel (n*C, 1, 1)
     input_rank: ClassVar[int] = 3  # the rank of the input the example needs: 3 (C, H, W) or 1 (features)
 
     @property

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from resnetc.ops.base import BLOCK, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError
+from resnetc.ops.base import BLOCK, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
 from resnetc.ops.registry import register
-from resnetc.spec.fields import MergeFields, Reference
+from resnetc.spec.fields import IntExpr, LayerFields, MergeFields, Reference
 
 if TYPE_CHECKING:
     from resnetc.ir.graph import LayerIR, Node
@@ -71,4 +71,140 @@ class Mul(Op):
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         graph.node("Mul", inputs, [output], node.name)
+        return True
+
+
+class ConcatFields(MergeFields):
+    op: Literal["concat"]
+
+
+@register
+class Concat(Op):
+    fields = ConcatFields
+    doc = "the channels of two or more values of one height and width, in order (`torch.cat(..., 1)`, ONNX `Concat`)"
+    arity = None
+    placement = MERGING
+    placement_rule = MERGE_RULE
+    torch_member = False
+
+    def channels(self, attrs: dict[str, Any], inputs: list[Any]) -> Any:
+        from resnetc.spec.expr import BinOp, fold
+
+        total = inputs[0]
+        for channels in inputs[1:]:
+            total = BinOp("+", total, channels)
+        return fold(total)
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        for shape in shapes:
+            image([shape], "concat")
+        if any(shape[1:] != shapes[0][1:] for shape in shapes[1:]):
+            described = ", ".join(str(shape) for shape in shapes)
+            raise ShapeError(f"shape mismatch at concat: the inputs' sizes differ: {described}", "from", "E402")
+        return Inferred(shape=(sum(shape[0] for shape in shapes), *shapes[0][1:]))
+
+    def torch_call(self, layer: LayerIR, args: list[str]) -> str:
+        return f"torch.cat([{', '.join(args)}], 1)"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("Concat", inputs, [output], node.name, axis=1)
+        return True
+
+
+class ChannelsFields(LayerFields):
+    op: Literal["channels"]
+    start: IntExpr = 0
+    count: IntExpr
+
+
+@register
+class Channels(Op):
+    fields = ChannelsFields
+    doc = "`count` channels of a value from `start` on: one split of it (`x[:, start:start + count]`, ONNX `Slice`)"
+    placement = MERGING
+    placement_rule = "is written as a slice in forward, so it cannot stand in a numbered (sequential) block"
+    torch_member = False
+    aliases_input = True  # a view of its input
+    example: ClassVar[dict[str, Any]] = {"start": 1, "count": 2}
+
+    def channels(self, attrs: dict[str, Any], inputs: list[Any]) -> Any:
+        return attrs["count"]
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, height, width = image(shapes, "channels")
+        positive(attrs, "count")
+        start, count = attrs["start"], attrs["count"]
+        if start < 0 or start + count > channels:
+            raise ShapeError(f"channels {start}..{start + count - 1} are not all among the input's {channels}", "count")
+        return Inferred(shape=(count, height, width))
+
+    def torch_call(self, layer: LayerIR, args: list[str]) -> str:
+        from resnetc.ops import source
+        from resnetc.spec.expr import BinOp, fold
+
+        start, count = layer.attrs["start"], layer.attrs["count"]
+        end = fold(BinOp("+", start, count))  # type: ignore[arg-type]
+        return f"{args[0]}[:, {source.expression(start)}:{source.expression(end)}]"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        a, name = node.attrs, node.name
+        parts = [
+            graph.constant(f"{name}.starts", [a["start"]]),
+            graph.constant(f"{name}.ends", [a["start"] + a["count"]]),
+            graph.constant(f"{name}.axes", [1]),
+        ]
+        graph.node("Slice", [inputs[0], *parts], [output], name)
+        return True
+
+
+class SplitAttentionFields(MergeFields):
+    op: Literal["split_attention"]
+
+
+@register
+class SplitAttention(Op):
+    fields = SplitAttentionFields
+    doc = (
+        "the sum of n branches weighted by a softmax across them: the last input holds n*C logits, (n*C, 1, 1), "
+        "branch i's from channels i*C on (selective kernels, ResNeSt's split attention)"
+    )
+    arity = None
+    placement = MERGING
+    placement_rule = MERGE_RULE
+    torch_member = False
+    example_logits = True
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        *branches, logits = shapes
+        if len(branches) < 2 or any(shape != branches[0] for shape in branches[1:]):
+            raise ShapeError(f"split_attention needs two or more branches of one shape, got {branches}", "from", "E402")
+        channels = branches[0][0]
+        if logits != (len(branches) * channels, 1, 1):
+            raise ShapeError(
+                f"split_attention's last input holds the logits, ({len(branches) * channels}, 1, 1) for "
+                f"{len(branches)} branches of {channels} channels; got {logits}",
+                "from",
+                "E402",
+            )
+        return Inferred(shape=branches[0], resolved={"branches": len(branches)})
+
+    def torch_call(self, layer: LayerIR, args: list[str]) -> str:
+        *branches, logits = args
+        weights = f"torch.softmax({logits}.view({logits}.shape[0], {len(branches)}, -1, 1, 1), 1)"
+        return f"torch.sum(torch.stack([{', '.join(branches)}], 1) * {weights}, 1)"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        *branches, logits = inputs
+        name, count = node.name, len(branches)
+        axis = graph.constant(f"{name}.axis", [1])
+        stacked = []
+        for index, branch in enumerate(branches):
+            graph.node("Unsqueeze", [branch, axis], [f"{name}.branch{index}"], f"{name}.branch{index}")
+            stacked.append(f"{name}.branch{index}")
+        graph.node("Concat", stacked, [f"{name}.stacked"], f"{name}.stacked", axis=1)
+        shape = graph.constant(f"{name}.shape", [0, count, -1, 1, 1])
+        graph.node("Reshape", [logits, shape], [f"{name}.logits"], f"{name}.logits")
+        graph.node("Softmax", [f"{name}.logits"], [f"{name}.weights"], f"{name}.weights", axis=1)
+        graph.node("Mul", [f"{name}.stacked", f"{name}.weights"], [f"{name}.weighted"], f"{name}.weighted")
+        graph.node("ReduceSum", [f"{name}.weighted", axis], [output], name, keepdims=0)
         return True
