@@ -31,6 +31,9 @@ TIMM_SPECS = {
     "resnet50_features": ("resnet50", {"features_only": True, "out_indices": (1, 2, 3, 4)}),
     "resnetv2_50": ("resnetv2_50", {}),
     "resnetv2_50x1_bit": ("resnetv2_50x1_bit", {}),
+    "res2net50_26w_4s": ("res2net50_26w_4s", {}),
+    "skresnet18": ("skresnet18", {}),
+    "resnest50d": ("resnest50d", {}),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import textwrap
 import unicodedata
+from dataclasses import replace
 from math import prod
 
 import jinja2
@@ -20,8 +21,9 @@ from resnetc.backends.templates import template_dir
 from resnetc.ir.aliasing import Aliasing, analyse
 from resnetc.ir.graph import BlockInstance, LayerIR, Model, Scope
 from resnetc.ir.lower import stage_block_arguments
+from resnetc.ir.names import group_member, python_name
 from resnetc.ops.base import TorchHelper, unsupported
-from resnetc.ops.source import RenderError, expression, literal
+from resnetc.ops.source import RenderError, expression, is_expression, literal
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import BinOp, Const, Expr, fold
 
@@ -30,6 +32,12 @@ ZERO_PAD_CLASS = "ZeroPadShortcut"
 BACKEND = "PyTorch"
 
 __all__ = ["RenderError", "audit", "render"]
+
+
+def _attribute(name: str) -> str:
+    """The module attribute of a layer: `relu`, or `paths[0]` for a member of a group."""
+    member = group_member(name)
+    return f"{member[0]}[{member[1]}]" if member else name
 
 
 def _variables(scope: Scope, returned: tuple[str, ...] = ()) -> dict[str, str]:
@@ -57,7 +65,7 @@ def _variables(scope: Scope, returned: tuple[str, ...] = ()) -> dict[str, str]:
             holder[layer.name] = chain
             occupant = layer.name
         else:
-            holder[layer.name] = layer.name
+            holder[layer.name] = python_name(layer.name)
     return holder
 
 
@@ -242,10 +250,16 @@ class _ClassWriter:
 
     def _members(self, scope: Scope) -> list[str]:
         lines = []
+        groups: dict[str, list[str]] = {}  # `paths.0`, `paths.1`: one nn.ModuleList `paths`
         for layer in scope.declared_layers():
             op = ops.get(layer.op)
             channels = self._features(scope, layer) if op.input_rank == 1 else scope.channels_in(layer)
-            if self._is_member(layer):
+            if (member := group_member(layer.name)) is not None:
+                if member[0] not in groups:
+                    groups[member[0]] = []
+                    lines.append(f"self.{member[0]} = nn.ModuleList(")  # filled below, where the group starts
+                groups[member[0]].append(self._module(scope, layer, channels))
+            elif self._is_member(layer):
                 lines.append(f"self.{layer.name} = {self._module(scope, layer, channels)}")
             elif layer.op == "stage":
                 lines.extend(self._stage(layer, channels))
@@ -253,6 +267,11 @@ class _ClassWriter:
                 lines.append(f"self.{layer.name} = {self._submodule(layer, channels)}")
             elif layer.op == "shortcut":
                 lines.append(self._shortcut(layer, channels, scope.channels_in(layer, -1)))
+            else:
+                lines += self._call_settings(scope, layer)[0]
+        for group, modules in groups.items():
+            start = lines.index(f"self.{group} = nn.ModuleList(")
+            lines[start : start + 1] = [f"self.{group} = nn.ModuleList([", *(f"    {m}," for m in modules), "])"]
         return lines
 
     def _features(self, scope: Scope, layer: LayerIR) -> Expr:
@@ -280,9 +299,9 @@ class _ClassWriter:
         if layer.name not in self.model.stages or not layer.per_block:
             return self._symbolic_stage(layer, channels)
         instances = self.model.stages[layer.name]
-        block = self.model.blocks[instances[0].block]
         groups: list[tuple[str, int]] = []
         for index, instance in enumerate(instances):
+            block = self.model.blocks[instance.block]
             call = self._block_call(block, instance, channels if index == 0 else Const(instance.in_channels))
             if groups and groups[-1][0] == call:
                 groups[-1] = (call, groups[-1][1] + 1)
@@ -315,6 +334,20 @@ class _ClassWriter:
         rest = f"*({call(1, width)} for _ in range({expression(fold(BinOp('-', repeat, Const(1))))}))"
         return [f"self.{layer.name} = nn.Sequential(", f"    {call(0, channels)},", f"    {rest},", ")"]
 
+    def _call_settings(self, scope: Scope, layer: LayerIR) -> tuple[list[str], LayerIR]:
+        """A call in forward whose settings read the block's parameters (a slice of `in_channels // 2`):
+        forward cannot see them, so __init__ keeps each as an attribute and the call reads that."""
+        if scope is self.model.body:
+            return [], layer
+        lines, attrs = [], dict(layer.attrs)
+        for key in ops.get(layer.op).expression_fields:
+            value = attrs.get(key)
+            if value is not None and is_expression(value) and expressions.names(value):  # type: ignore[arg-type]
+                attribute = f"{python_name(layer.name)}_{key}"
+                lines.append(f"self.{attribute} = {expression(value)}")
+                attrs[key] = expressions.Name(f"self.{attribute}")
+        return lines, replace(layer, attrs=attrs)
+
     def _submodule(self, layer: LayerIR, channels: Expr) -> str:
         block = self.model.blocks[layer.block]  # type: ignore[index]
         arguments = [expression(channels)] + [f"{name}={expression(value)}" for name, value in layer.args.items()]
@@ -336,13 +369,13 @@ class _ClassWriter:
             op = ops.get(layer.op)
             args = [holder[name] for name in layer.inputs]
             if op.instantiates_block or (op.torch_member and not op.structural):
-                value = f"self.{layer.module_name}({args[0]})"
+                value = f"self.{_attribute(layer.module_name)}({args[0]})"
             elif layer.op == "shortcut":
                 value = f"self.{layer.name}({args[-1]})"  # reshapes `project_from` where given
                 if self.model.shortcut_option != "C":
                     value = f"{args[0]} if self.{layer.name} is None else {value}"
             else:
-                call = op.torch_call(layer, args)
+                call = op.torch_call(self._call_settings(scope, layer)[1], args)
                 if call is None:
                     raise unsupported(BACKEND, layer.op, layer.name, layer.origin.at(), "no functional form")
                 value = call

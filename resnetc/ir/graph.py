@@ -45,6 +45,11 @@ class LayerIR:
     module: str | None = None  # applies the module of this earlier layer (`module:` in the spec)
     per_block: tuple[dict[str, int | float], ...] = ()  # top-level stage: each block's own arguments
     first: dict[str, int | float] = field(default_factory=dict)  # stage: the first block's own arguments
+    first_block: str | None = None  # stage: the first block's own type, where it differs
+
+    def block_at(self, index: int) -> str | None:
+        """The block type of a stage's block `index`."""
+        return self.first_block if index == 0 and self.first_block else self.block
 
     @property
     def module_name(self) -> str:

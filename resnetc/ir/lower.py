@@ -13,7 +13,14 @@ from typing import Any
 from resnetc import ops
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
 from resnetc.ir.graph import AttrValue, BlockInstance, Graph, LayerIR, Model, Node, Origin, Scope
-from resnetc.ir.names import RESERVED_PARAM_NAMES, class_name_problem, default_class_name, identifier_problem
+from resnetc.ir.names import (
+    RESERVED_PARAM_NAMES,
+    class_name_problem,
+    default_class_name,
+    group_member,
+    identifier_problem,
+    python_name,
+)
 from resnetc.ir.verify import verify
 from resnetc.ops.base import BLOCK, PLACES, SEQUENTIAL, TOP, ShapeError
 from resnetc.ops.structure import Schedule
@@ -52,7 +59,8 @@ class _StaticChecks:
             return None
         located = self.loaded.blocks.get(name)
         if located is None:
-            known = ", ".join(sorted(self.loaded.blocks))
+            names = sorted(self.loaded.blocks)
+            known = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
             self.fail(
                 used_at.at(key),
                 f"unknown block '{name}'; known blocks: {known}",
@@ -209,9 +217,10 @@ class _StaticChecks:
 
         def visit(scope: Scope) -> None:
             for layer in scope.layers:
-                if ops.get(layer.op).instantiates_block and layer.block in self.blocks and layer.block not in used:
-                    used[layer.block] = self.blocks[layer.block]
-                    visit(self.blocks[layer.block])
+                for name in dict.fromkeys([layer.first_block, layer.block]):
+                    if ops.get(layer.op).instantiates_block and name in self.blocks and name not in used:
+                        used[name] = self.blocks[name]  # type: ignore[index]
+                        visit(self.blocks[name])  # type: ignore[index]
             has_shortcut = any(layer.op == "shortcut" for layer in scope.layers)
             if has_shortcut and projects and projection in self.blocks and projection not in used:
                 used[projection] = self.blocks[projection]
@@ -250,7 +259,8 @@ class _StaticChecks:
         for index, (name, layer) in enumerate(layers.items()):
             op = ops.get(layer.op)
             origin = Origin(source, (*path, name))
-            if not sequential and (problem := identifier_problem(name)) is not None:
+            member = group_member(name)
+            if not sequential and (problem := identifier_problem(member[0] if member else name)) is not None:
                 self.fail(source.key((*path, name)), f"layer {problem}", "E302")
             placed = place in op.placement
             if not placed:
@@ -301,8 +311,33 @@ class _StaticChecks:
             module = getattr(layer, "module", None)
             if module is not None:
                 self._check_reuse(op, name, module, attrs, result, origin, sequential)
-            result.append(LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module, per_block, first))
+            first_block = getattr(layer, "first_block", None) if layer.op == "stage" and placed else None
+            result.append(
+                LayerIR(name, layer.op, inputs, attrs, origin, block_name, args, module, per_block, first, first_block)
+            )
+        if not sequential:
+            self._check_groups(result, source, path)
         return self._execution_order(result)
+
+    def _check_groups(self, layers: list[LayerIR], source: SourceMap, path: DocPath) -> None:
+        """Layers named `paths.0`, `paths.1`, ... are an nn.ModuleList `paths`: numbered from 0 in order, each
+        a module (not an add or a slice), and no other layer or local variable may take the name."""
+        names = {layer.name for layer in layers}
+        counts: dict[str, int] = {}
+        for layer in layers:
+            member = group_member(layer.name)
+            if member is None:
+                continue
+            group, index = member
+            where = source.key((*path, layer.name))
+            op = ops.get(layer.op)
+            if index != counts.get(group, 0):
+                self.fail(where, f"'{layer.name}' is out of order: the members of '{group}' count 0, 1, 2, ...", "E302")
+            elif group in names or python_name(layer.name) in names:
+                self.fail(where, f"'{group}' names a group of modules and so cannot also name a layer", "E302")
+            elif not (op.instantiates_block and op.name == "submodule") and not (op.torch_member and not op.structural):
+                self.fail(where, f"a '{op.name}' layer has no module, so it cannot be a member of '{group}'", "E302")
+            counts[group] = index + 1
 
     def _execution_order(self, layers: list[LayerIR]) -> tuple[LayerIR, ...]:
         """The declared order, except that a layer waits until its inputs exist (a shortcut declared before
@@ -511,6 +546,8 @@ class _StaticChecks:
                 )
 
     def _check_stage(self, block_name: str, layer: Any, origin: Origin) -> None:
+        if layer.first_block is not None and (first := self.block(layer.first_block, origin, "first_block")):
+            self._check_arguments(layer.first_block, first, [*layer.args, *layer.first], origin, "args")
         block = self.block(block_name, origin, "block")
         args, stride = layer.args, layer.stride
         if block is None:
@@ -569,11 +606,12 @@ class _StaticChecks:
                 channels = fold(expressions.substitute(out, env))
             return channels
         for index, arguments in enumerate(layer.per_block):
+            this = self.blocks.get(layer.block_at(index) or "", block)
             first_stride: Expr = layer.attrs["stride"] if index == 0 else Const(1)  # type: ignore[assignment]
-            stride = {"stride": first_stride} if "stride" in block.params else {}
+            stride = {"stride": first_stride} if "stride" in this.params else {}
             given = {key: Const(value) for key, value in arguments.items() if isinstance(value, int)}
-            env = {**_integer_defaults(block), **given, **stride, "in_channels": channels}
-            channels = fold(expressions.substitute(out, env))
+            env = {**_integer_defaults(this), **given, **stride, "in_channels": channels}
+            channels = fold(expressions.substitute(this.output_channels(), env))
         return channels
 
     def _submodule_channels(self, layer: LayerIR, channels: Expr) -> Expr:
@@ -741,11 +779,11 @@ class _Instantiator:
             self.current_stage = None
 
     def _stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
-        block = self.blocks[layer.block]  # type: ignore[index]
         stride = self.evaluate(layer, "stride", env, prefix)
-        defaults = {name: value for name, value in block.params.items() if value is not None}
         instances, value = [], source
         for index, arguments in enumerate(layer.per_block or self._uniform_blocks(layer, env, prefix)):
+            block = self.blocks[layer.block_at(index)]  # type: ignore[index]
+            defaults = {name: value for name, value in block.params.items() if value is not None}
             args = {**defaults, **arguments}
             if "stride" in block.params:
                 args["stride"] = int(stride) if index == 0 else 1  # type: ignore[arg-type]

@@ -136,3 +136,16 @@ def class_name_problem(name: str) -> str | None:
 def default_class_name(block: str) -> str:
     """`bottleneck` -> `Bottleneck`, `se_bottleneck` -> `SeBottleneck`."""
     return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part)
+
+
+def group_member(name: str) -> tuple[str, int] | None:
+    """`paths.0` -> ("paths", 0): a layer that is member 0 of the module group `paths` (an nn.ModuleList)."""
+    group, dot, index = name.partition(".")
+    if not dot or not index.isdigit() or not index.isascii() or (len(index) > 1 and index[0] == "0"):
+        return None
+    return group, int(index)
+
+
+def python_name(name: str) -> str:
+    """The local variable of a layer's value in forward: `paths.0` -> `paths_0`."""
+    return name.replace(".", "_")

@@ -144,7 +144,8 @@ class Channels(Op):
 
         start, count = layer.attrs["start"], layer.attrs["count"]
         end = fold(BinOp("+", start, count))  # type: ignore[arg-type]
-        return f"{args[0]}[:, {source.expression(start)}:{source.expression(end)}]"
+        first = "" if source.expression(start) == "0" else source.expression(start)
+        return f"{args[0]}[:, {first}:{source.expression(count if not first else end)}]"
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         a, name = node.attrs, node.name

@@ -78,6 +78,8 @@ class StageFields(StrictModel):
     # Arguments of the first block only, over `args` (timm's first_dilation: the block that enters a
     # dilated stage keeps the dilation before it).
     first: dict[str, Number] = Field(default_factory=dict)
+    # Another block type for the first block (Res2Net's first block of a stage has a structure of its own).
+    first_block: str | None = None
 
 
 @register
@@ -94,7 +96,7 @@ class Stage(Op):
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:
-        return ("op", "from_", "block", "args", "first")
+        return ("op", "from_", "block", "args", "first", "first_block")
 
     def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
         raise AssertionError("a stage's channels come from its block (lowering computes them)")

@@ -93,7 +93,9 @@ FloatParam = Annotated[
 
 
 def _check_reference(value: str) -> str:
-    if not value.isascii() or not value.isidentifier():
+    # A layer's name, or a member of a group of modules: `paths.0` (an nn.ModuleList, as timm's).
+    group, _, index = value.partition(".")
+    if not value.isascii() or not group.isidentifier() or (index and not index.isdigit()):
         raise ValueError(f"{value!r} is not a layer name")
     return value
 
