@@ -130,6 +130,14 @@ class Matched:
     reinitialised: list[str]
 
 
+def _as_array(value: object) -> object:
+    detach = getattr(value, "detach", None)
+    if callable(detach):  # a torch.Tensor: a copy on the CPU, float32 for low-precision floats
+        tensor = detach().cpu()
+        return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+    return value
+
+
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
@@ -160,6 +168,8 @@ def match(
     from the file but left at the seeded initialisation: fine-tuning a new head. `strip_prefix` removes a
     wrapper's prefix (`module.`) from every key first."""
     expected = graph.tensors()
+    # torch tensors (a state_dict in memory, parameters that require grad) as numpy, without importing torch.
+    arrays = {key: _as_array(value) for key, value in arrays.items()}
     if strip_prefix:
         arrays = {key.removeprefix(strip_prefix): value for key, value in arrays.items()}
     unknown = [prefix for prefix in reinit if not any(_under(key, (prefix,)) for key in expected)]

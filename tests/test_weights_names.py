@@ -84,3 +84,11 @@ def test_shipped_specs_build_by_name(capsys) -> None:
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
     assert "timm/resnet50d" in listed and "25,576,264" in listed
+
+
+def test_weights_may_be_torch_tensors_in_memory_even_parameters() -> None:
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet26t", pretrained=False)
+    live = dict(model.named_parameters()) | dict(model.named_buffers())  # parameters require grad
+    proto = resnetc.to_onnx(SPEC, weights=live)
+    assert len(proto.graph.initializer) == sum(1 for key in live if not key.endswith("num_batches_tracked"))
