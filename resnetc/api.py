@@ -167,16 +167,24 @@ def build_onnx(
     seed: int = 0,
     reinit: tuple[str, ...] = (),
     strip_prefix: str | None = None,
+    static_shape: bool = False,
+    batch: int | None = None,
     **overrides: object,
 ) -> OnnxResult:
     """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
     (exact in eval mode; the folded graph's initializers no longer match the state_dict). `reinit` names
     layers left at their seeded initialisation instead of the file's (fine-tuning a new head);
-    `strip_prefix` removes a wrapper's prefix (`module.`) from the file's keys."""
-    from resnetc.backends.onnx_graph import build
+    `strip_prefix` removes a wrapper's prefix (`module.`) from the file's keys. `static_shape` fixes the
+    input (the spec's size or `input_size`, `batch` samples, 1 by default) and writes every shape concrete."""
+    from resnetc.backends.onnx_graph import build, spatial_symbols
 
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 65536):
+        raise UsageError(f"--batch must be between 1 and 65536, got {batch!r}")
+    if batch is not None and not static_shape:
+        raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
     model = lower(spec, **overrides)
     arrays, origin = _weights(model, weights, seed, tuple(reinit), strip_prefix)
+    symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
     if fold_bn:
         from resnetc.ir.verify import verify
         from resnetc.passes.fold_batchnorm import fold_batchnorm
@@ -185,7 +193,25 @@ def build_onnx(
         verify(graph)
         model = replace(model, graph=graph)
         origin += f"; {report}"
-    return OnnxResult(build(model, arrays, opset=opset, dtype=dtype), origin)
+    proto = build(
+        model, arrays, opset=opset, dtype=dtype, symbols=symbols, batch=(batch or 1) if static_shape else None
+    )
+    return OnnxResult(proto, origin)
+
+
+def _at_other_sizes(spec: SpecLike, model: Model, overrides: dict[str, object]) -> list[Model]:
+    """The same spec lowered at two other input sizes, so that the ONNX graph's spatial symbols say which
+    tensors share a size at every input size (not only at the spec's)."""
+    if isinstance(spec, Model):
+        return []
+    _, height, width = model.input_shape
+    others = []
+    for size in ((height + 1, width + 2), (height + 3, width + 1)):
+        try:
+            others.append(lower(spec, **{**overrides, "input_size": size}))
+        except SpecError:  # a head sized for the spec's input (flatten + linear): the spec's size alone
+            return []
+    return others
 
 
 def to_onnx(
@@ -197,12 +223,23 @@ def to_onnx(
     fold_bn: bool = False,
     reinit: tuple[str, ...] = (),
     strip_prefix: str | None = None,
+    static_shape: bool = False,
+    batch: int | None = None,
     **overrides: object,
 ) -> onnx.ModelProto:
     """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None).
     Overrides: num_classes, in_channels, input_size."""
     return build_onnx(
-        spec, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, reinit=reinit, strip_prefix=strip_prefix, **overrides
+        spec,
+        weights,
+        opset=opset,
+        dtype=dtype,
+        fold_bn=fold_bn,
+        reinit=reinit,
+        strip_prefix=strip_prefix,
+        static_shape=static_shape,
+        batch=batch,
+        **overrides,
     ).proto
 
 
@@ -243,6 +280,8 @@ def compile_spec(
     check: bool = False,
     reinit: tuple[str, ...] = (),
     strip_prefix: str | None = None,
+    static_shape: bool = False,
+    batch: int | None = None,
     **overrides: object,
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
@@ -261,7 +300,15 @@ def compile_spec(
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
     if target in ("onnx", "all"):
         built = build_onnx(
-            model, weights, opset=opset, dtype=dtype, fold_bn=fold_bn, reinit=reinit, strip_prefix=strip_prefix
+            loaded,
+            weights,
+            opset=opset,
+            dtype=dtype,
+            fold_bn=fold_bn,
+            reinit=reinit,
+            strip_prefix=strip_prefix,
+            static_shape=static_shape,
+            batch=batch,
         )
         outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
         result.weights_origin = built.weights_origin

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="leave LAYER (e.g. fc) at its seeded initialisation instead of --weights' tensors (a new head)",
     )
     compile_.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. module.) from every weight key")
+    compile_.add_argument(
+        "--static-shape",
+        action="store_true",
+        help="fix the ONNX input (the spec's size, or --input-size) and write every shape concrete",
+    )
+    compile_.add_argument("--batch", type=int, help="with --static-shape: the fixed batch size (default 1)")
     compile_.add_argument("--opset", type=int, default=17)
     compile_.add_argument(
         "--dtype",
@@ -148,6 +154,8 @@ def _compile(args: argparse.Namespace) -> int:
             check=args.check,
             reinit=tuple(args.reinit),
             strip_prefix=args.strip_prefix,
+            static_shape=args.static_shape,
+            batch=args.batch,
             **_overrides(args),
         )
         if args.check:

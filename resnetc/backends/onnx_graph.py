@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from resnetc import __version__, ops
 from resnetc.errors import UsageError
-from resnetc.ir.graph import Model
+from resnetc.ir.graph import Model, Node
 from resnetc.ops.base import unsupported
 from resnetc.weights import Weights
 
@@ -54,15 +54,80 @@ class _GraphBuilder:
         return name
 
 
-def _output_dims(name: str, shape: tuple[int, ...]) -> list[int | str]:
-    """An output's dimensions: the batch and spatial sizes symbolic (they follow the input's), channels fixed."""
-    if len(shape) == 3:
-        return ["N", shape[0], f"{name}_height", f"{name}_width"]
-    return ["N", *shape]
+def spatial_symbols(model: Model, others: list[Model]) -> dict[str, tuple[str | int, str | int]]:
+    """A symbol for the height and width of every (C, H, W) value: `H`, `W` for the input's, `H_2` for half of
+    it, and so on. Values get one symbol where their sizes are equal at the spec's size and at the other
+    sizes in `others` (the same spec lowered at other input sizes), so equal symbols mean equal sizes."""
+    sizes = [model.graph, *(other.graph for other in others)]
+    shapes = [{node.name: node.shape for node in graph.nodes} | {"input": graph.input_shape} for graph in sizes]
+    symbols: dict[str, tuple[str | int, str | int]] = {}
+    taken: dict[tuple[str, tuple[int, ...]], str] = {}
+    for value in ["input", *(node.name for node in model.graph.nodes)]:
+        if len(shapes[0][value]) != 3 or any(value not in table or len(table[value]) != 3 for table in shapes):
+            continue
+        pair: list[str | int] = []
+        for axis, letter in ((1, "H"), (2, "W")):
+            signature = tuple(table[value][axis] for table in shapes)
+            if signature[0] == 1 and len(set(signature)) == 1:  # a global pool's 1x1: the same at every size
+                pair.append(1)
+                continue
+            if (letter, signature) not in taken:
+                stride = max(1, round(shapes[0]["input"][axis] / signature[0]))
+                base = letter if stride == 1 else f"{letter}_{stride}"
+                used = set(taken.values())
+                name, extra = base, 2
+                while name in used:
+                    name, extra = f"{base}_{extra}", extra + 1
+                taken[(letter, signature)] = name
+            pair.append(taken[(letter, signature)])
+        symbols[value] = (pair[0], pair[1])
+    return symbols
 
 
-def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> onnx.ModelProto:
-    """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32."""
+def _dims(shape: tuple[int, ...], symbols: tuple[str | int, str | int] | None, batch: int | None) -> list[int | str]:
+    """A tensor's dimensions: the batch symbolic (`N`) or fixed, spatial sizes symbolic or, static, concrete."""
+    leading: list[int | str] = ["N" if batch is None else batch]
+    if len(shape) == 3 and symbols is not None and batch is None:
+        return [*leading, shape[0], *symbols]
+    return [*leading, *shape]
+
+
+def preprocessing_metadata(model: Model) -> dict[str, str]:
+    """The spec's `preprocessing:` as metadata_props: `resnetc.preprocessing.mean` = `0.485,0.456,0.406`,
+    `.std`, `.scale`, `.colour` (RGB or BGR), `.classes` (a file name)."""
+    entries = {}
+    for key, value in (model.preprocessing or {}).items():
+        text = ",".join(repr(float(item)) for item in value) if isinstance(value, list) else str(value)
+        entries[f"resnetc.preprocessing.{key}"] = text
+    return entries
+
+
+def _provenance(node: Node) -> str:
+    """Where a node came from, for viewers: the spec's file name (never its folders), line, column, module path."""
+    where = node.where
+    if where is None:
+        return node.name
+    file_name = (
+        where.path if where.path.startswith("<resnetc library>") else where.path.replace("\\", "/").rsplit("/", 1)[-1]
+    )
+    place = f"{file_name}:{where.line}:{where.col} "
+    return f"{place}{node.name}"
+
+
+def build(
+    model: Model,
+    weights: Weights,
+    opset: int = DEFAULT_OPSET,
+    dtype: str = "float32",
+    *,
+    symbols: dict[str, tuple[str | int, str | int]] | None = None,
+    batch: int | None = None,
+) -> onnx.ModelProto:
+    """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32.
+
+    Every tensor of the IR gets a `value_info`: with `symbols` (from `spatial_symbols`) the batch and spatial
+    sizes are symbolic; with `batch` (a static-shape build) every dimension is concrete, at the input size the
+    model was lowered at."""
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
@@ -80,19 +145,35 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
         inputs = [renamed.get(name, name) for name in node.inputs]
         output = named[node.name] if node.name in named and dtype == "float32" else node.name
         renamed[node.name] = output
+        first = len(nodes)
         if not ops.get(node.op).onnx(node, inputs, output, builder):
             raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
+        for emitted in nodes[first:]:
+            emitted.doc_string = _provenance(node)
     if dtype != "float32":
         for value, name in named.items():
             nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
-    channels, _, _ = model.input_shape
+    symbols = symbols or spatial_symbols(model, [])
+    compute = onnx_type if dtype != "float32" else TensorProto.FLOAT
+    outputs = set(named.values())
     onnx_graph = helper.make_graph(
         nodes,
         model.class_name,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", channels, "H", "W"])],
         [
-            helper.make_tensor_value_info(name, TensorProto.FLOAT, _output_dims(name, graph.shape_of(value)))
+            helper.make_tensor_value_info(
+                INPUT, TensorProto.FLOAT, _dims(graph.input_shape, symbols.get("input"), batch)
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, _dims(graph.shape_of(value), symbols.get(value), batch)
+            )
             for value, name in named.items()
+        ],
+        value_info=[
+            helper.make_tensor_value_info(renamed[node.name], compute, _dims(node.shape, symbols.get(node.name), batch))
+            for node in graph.nodes
+            if renamed[node.name] not in outputs
         ],
     )
     opsets = [helper.make_opsetid("", opset)]
@@ -115,6 +196,7 @@ def build(model: Model, weights: Weights, opset: int = DEFAULT_OPSET, dtype: str
             "resnetc.spec_sha256": model.sha256,
             "resnetc.dtype": dtype,
             "resnetc.input_shape": ",".join(map(str, model.input_shape)),
+            **preprocessing_metadata(model),
         },
     )
     return proto

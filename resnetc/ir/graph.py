@@ -177,6 +177,7 @@ class Model:
     zero_pad: str  # option A: where the zero channels go ("end" or "split")
     zero_init_residual: bool
     paper: dict[str, object] | None  # what a paper reports for this model (the spec's `paper:`), for tables
+    preprocessing: dict[str, object] | None
     body: Scope
     blocks: dict[str, Scope]  # the block types the model uses, in first-use order
     stages: dict[str, list[BlockInstance]]  # top-level stage name -> its blocks

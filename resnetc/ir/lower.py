@@ -145,6 +145,17 @@ class _StaticChecks:
                 source.value(()), "missing required key 'num_classes' (a backbone gives 'outputs' instead)", "E202"
             )
         layers = self._layers(spec.layers, source, ("layers",), set(params), top_level=True)
+        prep = spec.preprocessing
+        for key in ("mean", "std"):
+            values = getattr(prep, key, None) if prep is not None else None
+            if values is not None and len(values) != spec.input[0]:
+                self.fail(
+                    source.value(("preprocessing", key)),
+                    f"preprocessing {key} gives {len(values)} values for the input's {spec.input[0]} channels",
+                    "E204",
+                )
+            elif key == "std" and values is not None and any(value <= 0 for value in values):
+                self.fail(source.value(("preprocessing", key)), "a standard deviation must be above 0", "E204")
         for index, name in enumerate(spec.outputs or []):
             if name not in {layer.name for layer in layers}:
                 self.fail(
@@ -871,6 +882,7 @@ def lower(loaded: LoadedSpec) -> Model:
         zero_pad=loaded.spec.zero_pad,
         zero_init_residual=loaded.spec.zero_init_residual,
         paper=loaded.spec.paper.model_dump(exclude_none=True) if loaded.spec.paper else None,
+        preprocessing=loaded.spec.preprocessing.model_dump(exclude_none=True) if loaded.spec.preprocessing else None,
         body=body,
         blocks=used,
         stages=instantiator.stages,

@@ -50,6 +50,16 @@ class Paper(StrictModel):
     flops: str | None = None  # as printed, e.g. "3.6e9" (multiply-adds)
 
 
+class Preprocessing(StrictModel):
+    """How inputs are prepared for the model; written into the ONNX model's metadata for whoever serves it."""
+
+    mean: list[float] | None = None  # per input channel, subtracted first (e.g. ImageNet's 0.485, 0.456, 0.406)
+    std: list[float] | None = None  # per input channel, divided by next
+    colour: Literal["RGB", "BGR"] | None = None  # the channel order the model expects
+    classes: str | None = None  # the name of a file of class names, one a line
+    scale: float | None = None  # the factor that takes stored pixel values to the mean's range (1/255)
+
+
 class Spec(StrictModel):
     version: int
     name: Annotated[str, AfterValidator(_check_class_name)]
@@ -63,6 +73,7 @@ class Spec(StrictModel):
     zero_pad: Literal["end", "split"] = "end"  # option A: zeros after the real channels, or split before/after
     zero_init_residual: bool = False  # the last BatchNorm of each residual branch starts at gamma = 0
     paper: Paper | None = None
+    preprocessing: Preprocessing | None = None
     blocks: dict[str, BlockDef] = Field(default_factory=dict)
     layers: dict[str, Layer] = Field(min_length=1)
 
