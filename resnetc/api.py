@@ -57,10 +57,14 @@ def override(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"{name} must be a positive integer, got {value!r}")
     channels, height, width = loaded.spec.input
-    update = {
+    update: dict[str, object] = {
         "num_classes": num_classes or loaded.spec.num_classes,
         "input": [in_channels or channels, *(input_size or (height, width))],
     }
+    prep = loaded.spec.preprocessing
+    if in_channels is not None and in_channels != channels and prep is not None:
+        # The mean and standard deviation are per channel of the original input: they no longer apply.
+        update["preprocessing"] = prep.model_copy(update={"mean": None, "std": None, "colour": None})
     return replace(loaded, spec=loaded.spec.model_copy(update=update))
 
 

@@ -25,7 +25,7 @@ import resnetc
 from resnetc import ops
 from resnetc.errors import SpecError
 from resnetc.ir.graph import Model
-from resnetc.ops.base import BLOCK
+from resnetc.ops.base import BLOCK, ShapeError
 from resnetc.spec.load import LoadedSpec, load_spec_text
 from tests.conftest import exercise_batchnorm, model_class, module_from_source
 
@@ -221,9 +221,29 @@ def _keep_shape(op: ops.Op) -> dict[str, object]:
         chosen.update({key: value for key, value in (("kernel", 3), ("padding", 1)) if key in keys})
     if "stride" in keys:
         chosen["stride"] = 1
+    if "groups" in keys:  # any width divides into one group
+        chosen["groups"] = 1
     if "out" in keys:
         chosen["out"] = "width"
     return chosen
+
+
+def _preserves_shape(op: ops.Op) -> bool:
+    """Whether the op, with `_keep_shape`'s settings, maps (4, 8, 8) to (4, 8, 8): then any two values of a
+    random block can meet at an add."""
+    assert op.fields is not None
+    settings = {key: info.get_default(call_default_factory=True) for key, info in op.fields.model_fields.items()}
+    settings |= {key: 4 if value == "width" else value for key, value in _keep_shape(op).items()}
+    try:
+        return op.infer(settings, [(4, 8, 8)]).shape == (4, 8, 8)
+    except (ShapeError, TypeError, KeyError):
+        return False
+
+
+# The ops of random blocks: those that keep the shape, and the merges that keep it (not concat, not the
+# split attention, whose last input is logits).
+_DAG_OPS = [op for op in _BLOCK_OPS if _preserves_shape(op)]
+_DAG_MERGES = [op for op in _MERGE_OPS if not op.example_logits and type(op).channels is ops.Op.channels]
 
 
 def _flow(mapping: dict[str, object]) -> str:
@@ -249,7 +269,7 @@ def _dag_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
         layer = f"v{index}"
         kind = draw(st.sampled_from(["unary", "unary", "merge", "shortcut"]))
         if kind == "merge" and len(values) >= 2:
-            op = draw(st.sampled_from(_MERGE_OPS))
+            op = draw(st.sampled_from(_DAG_MERGES))
             inputs = draw(
                 st.lists(st.sampled_from(values), min_size=2, max_size=2 if op.arity == 2 else 3, unique=True)
             )
@@ -258,7 +278,7 @@ def _dag_block(draw: st.DrawFn, name: str) -> tuple[list[str], int]:
             body.append(f"{layer}: {{op: shortcut, from: {draw(st.sampled_from(values))}, out: width}}")
             ops_of[layer] = "shortcut"
         else:
-            op = draw(st.sampled_from(_BLOCK_OPS))
+            op = draw(st.sampled_from(_DAG_OPS))
             layer_fields = {"op": op.name, **_keep_shape(op), "from": draw(st.sampled_from(values))}
             earlier = [value for value, kind_of in ops_of.items() if kind_of == op.name and op.parameter_free]
             if earlier and draw(st.booleans()):
