@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 SpecLike = str | Path | LoadedSpec | Model
 WeightsLike = Union[str, Path, "Weights", None]
-TARGETS = ("torch", "onnx", "all")
+TARGETS = ("torch", "onnx", "all", "triton")  # all: torch and onnx; triton: a model repository
 DEFAULT_OUT = Path("generated")
 
 
@@ -173,6 +173,8 @@ def build_onnx(
     strip_prefix: str | None = None,
     static_shape: bool = False,
     batch: int | None = None,
+    lowered: Model | None = None,
+    keep_batch: bool = False,
     **overrides: object,
 ) -> OnnxResult:
     """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
@@ -186,7 +188,7 @@ def build_onnx(
         raise UsageError(f"--batch must be between 1 and 65536, got {batch!r}")
     if batch is not None and not static_shape:
         raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
-    model = lower(spec, **overrides)
+    model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
     arrays, origin = _weights(model, weights, seed, tuple(reinit), strip_prefix)
     symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
     if fold_bn:
@@ -198,7 +200,13 @@ def build_onnx(
         model = replace(model, graph=graph)
         origin += f"; {report}"
     proto = build(
-        model, arrays, opset=opset, dtype=dtype, symbols=symbols, batch=(batch or 1) if static_shape else None
+        model,
+        arrays,
+        opset=opset,
+        dtype=dtype,
+        symbols=symbols,
+        static=static_shape,
+        batch=None if not static_shape or keep_batch else (batch or 1),
     )
     return OnnxResult(proto, origin)
 
@@ -302,7 +310,7 @@ def compile_spec(
     result = CompileResult()
     if target in ("torch", "all"):
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
-    if target in ("onnx", "all"):
+    if target in ("onnx", "all", "triton"):
         built = build_onnx(
             loaded,
             weights,
@@ -313,8 +321,20 @@ def compile_spec(
             strip_prefix=strip_prefix,
             static_shape=static_shape,
             batch=batch,
+            lowered=model,
+            keep_batch=target == "triton",  # Triton batches dynamically: the batch stays symbolic
         )
-        outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
+        if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
+            from resnetc.backends.triton import config
+
+            if batch is not None:
+                raise UsageError(
+                    "a Triton repository batches dynamically: leave --batch out (--static-shape fixes H, W)"
+                )
+            outputs[out_dir / loaded.stem / "config.pbtxt"] = config(model, loaded.stem, static_shape).encode("utf-8")
+            outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()
+        else:
+            outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
         result.weights_origin = built.weights_origin
     changed: dict[Path, bytes] = {}
     for path, data in outputs.items():

@@ -27,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="write generated/<stem>.py and/or .onnx")
     compile_.add_argument("specs", nargs="+", metavar="SPEC")
     compile_.add_argument("--out", default="generated", help="output folder (default: generated/)")
-    compile_.add_argument("--target", choices=("torch", "onnx", "all"), default="torch")
+    compile_.add_argument(
+        "--target",
+        choices=("torch", "onnx", "all", "triton"),
+        default="torch",
+        help="all: torch and onnx; triton: DIR/<stem>/config.pbtxt and DIR/<stem>/1/model.onnx",
+    )
     compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
     compile_.add_argument(
         "--reinit",

@@ -85,9 +85,10 @@ def spatial_symbols(model: Model, others: list[Model]) -> dict[str, tuple[str | 
 
 
 def _dims(shape: tuple[int, ...], symbols: tuple[str | int, str | int] | None, batch: int | None) -> list[int | str]:
-    """A tensor's dimensions: the batch symbolic (`N`) or fixed, spatial sizes symbolic or, static, concrete."""
+    """A tensor's dimensions: the batch symbolic (`N`) or fixed, spatial sizes symbolic, or concrete where
+    `symbols` is None (a static-shape build)."""
     leading: list[int | str] = ["N" if batch is None else batch]
-    if len(shape) == 3 and symbols is not None and batch is None:
+    if len(shape) == 3 and symbols is not None:
         return [*leading, shape[0], *symbols]
     return [*leading, *shape]
 
@@ -121,13 +122,14 @@ def build(
     dtype: str = "float32",
     *,
     symbols: dict[str, tuple[str | int, str | int]] | None = None,
+    static: bool = False,
     batch: int | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32.
 
     Every tensor of the IR gets a `value_info`: with `symbols` (from `spatial_symbols`) the batch and spatial
-    sizes are symbolic; with `batch` (a static-shape build) every dimension is concrete, at the input size the
-    model was lowered at."""
+    sizes are symbolic; `static` makes the spatial sizes concrete (the input size the model was lowered at)
+    and `batch` the batch."""
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
@@ -153,7 +155,7 @@ def build(
     if dtype != "float32":
         for value, name in named.items():
             nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
-    symbols = symbols or spatial_symbols(model, [])
+    symbols = {} if static else (symbols or spatial_symbols(model, []))
     compute = onnx_type if dtype != "float32" else TensorProto.FLOAT
     outputs = set(named.values())
     onnx_graph = helper.make_graph(
