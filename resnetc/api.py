@@ -175,6 +175,7 @@ def build_onnx(
     batch: int | None = None,
     lowered: Model | None = None,
     keep_batch: bool = False,
+    calibration: str | Path | None = None,
     **overrides: object,
 ) -> OnnxResult:
     """The ONNX model and where its weights came from. `fold_bn` folds BatchNorm into convolutions
@@ -189,6 +190,14 @@ def build_onnx(
     if batch is not None and not static_shape:
         raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
     model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
+    if (dtype == "int8") != (calibration is not None):
+        raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
+    images = None
+    if calibration is not None:  # checked before anything is built: a bad file costs nothing
+        from resnetc.passes.quantize import read_calibration
+
+        images = read_calibration(calibration, model.input_shape[0])
+        fold_bn = True  # no fp32 BatchNorm left between quantized convolutions
     arrays, origin = _weights(model, weights, seed, tuple(reinit), strip_prefix)
     symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
     if fold_bn:
@@ -203,11 +212,23 @@ def build_onnx(
         model,
         arrays,
         opset=opset,
-        dtype=dtype,
+        dtype="float32" if dtype == "int8" else dtype,
         symbols=symbols,
         static=static_shape,
         batch=None if not static_shape or keep_batch else (batch or 1),
     )
+    if images is not None:
+        from onnx import helper
+
+        from resnetc.passes.quantize import quantize
+
+        proto, report = quantize(proto, images)
+        origin += f"; {report}"
+        helper.set_model_props(
+            proto,
+            {entry.key: entry.value for entry in proto.metadata_props}
+            | {"resnetc.dtype": "int8", "resnetc.calibration": f"{Path(str(calibration)).name}, {len(images)} images"},
+        )
     return OnnxResult(proto, origin)
 
 
@@ -294,6 +315,7 @@ def compile_spec(
     strip_prefix: str | None = None,
     static_shape: bool = False,
     batch: int | None = None,
+    calibration: str | Path | None = None,
     **overrides: object,
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
@@ -323,6 +345,7 @@ def compile_spec(
             batch=batch,
             lowered=model,
             keep_batch=target == "triton",  # Triton batches dynamically: the batch stays symbolic
+            calibration=calibration,
         )
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
             from resnetc.backends.triton import config

@@ -51,9 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--opset", type=int, default=17)
     compile_.add_argument(
         "--dtype",
-        choices=("float32", "float16"),
+        choices=("float32", "float16", "int8"),
         default="float32",
-        help="ONNX weights and compute (inputs and outputs stay float32)",
+        help="ONNX weights and compute (inputs and outputs stay float32); int8 needs --calibration",
+    )
+    compile_.add_argument(
+        "--calibration", metavar="FILE.npy", help="images (N, C, H, W) for --dtype int8's static quantization"
     )
     compile_.add_argument(
         "--fold-bn",
@@ -161,6 +164,7 @@ def _compile(args: argparse.Namespace) -> int:
             strip_prefix=args.strip_prefix,
             static_shape=args.static_shape,
             batch=args.batch,
+            calibration=args.calibration,
             **_overrides(args),
         )
         if args.check:

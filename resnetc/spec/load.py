@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -19,6 +20,8 @@ from resnetc.spec.yaml_source import Path as DocPath
 from resnetc.spec.yaml_source import SourceMap, read_yaml, spelling
 
 LIBRARY_FILE = "blocks.yaml"
+# Read only when a spec names a block the core library lacks: its YAML takes a third of a second to parse.
+EXTRA_LIBRARIES = ("timm.yaml",)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,41 @@ class Located:
     path: DocPath  # path of the block inside its document, e.g. ("blocks", "basic")
 
 
+class LibraryBlocks(Mapping[str, "Located"]):
+    """The blocks a spec can use: its own, over the library's. The core library is read at once; the larger
+    ones (timm's) only when a name is not found otherwise, or when every name is asked for."""
+
+    def __init__(self, own: dict[str, Located]) -> None:
+        self._own = own
+        self._blocks = _library_blocks(LIBRARY_FILE) | own
+        self._complete = False
+
+    def _everything(self) -> dict[str, Located]:
+        if not self._complete:
+            extra: dict[str, Located] = {}
+            for file_name in EXTRA_LIBRARIES:
+                extra |= _library_blocks(file_name)
+            self._blocks = _library_blocks(LIBRARY_FILE) | extra | self._own
+            self._complete = True
+        return self._blocks
+
+    def __getitem__(self, name: str) -> Located:
+        if name in self._blocks:
+            return self._blocks[name]
+        return self._everything()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
+
+
+def _library_blocks(file_name: str) -> dict[str, Located]:
+    library, source = _library(file_name)
+    return {name: Located(block, source, ("blocks", name)) for name, block in library.blocks.items()}
+
+
 @dataclass(frozen=True)
 class LoadedSpec:
     spec: Spec
@@ -37,7 +75,7 @@ class LoadedSpec:
     stem: str  # the file name without `.yaml`: names the outputs
     file_name: str  # the file name only: no folders reach generated files
     sha256: str
-    blocks: dict[str, Located]  # the library's blocks, overridden by the spec's own
+    blocks: Mapping[str, Located]  # the library's blocks, overridden by the spec's own
 
 
 def _message(error: dict[str, Any]) -> str:
@@ -149,10 +187,10 @@ def _validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
         raise SpecError(_diagnostics(error, data, source, model)) from None
 
 
-@lru_cache(maxsize=1)
-def _library() -> tuple[Library, SourceMap]:
-    text = resources.files("resnetc.library").joinpath(LIBRARY_FILE).read_text(encoding="utf-8")
-    data, source = read_yaml(text, f"<resnetc library>/{LIBRARY_FILE}")
+@lru_cache(maxsize=4)
+def _library(file_name: str = LIBRARY_FILE) -> tuple[Library, SourceMap]:
+    text = resources.files("resnetc.library").joinpath(file_name).read_text(encoding="utf-8")
+    data, source = read_yaml(text, f"<resnetc library>/{file_name}")
     return _validate(Library, data, source), source
 
 
@@ -160,9 +198,8 @@ def load_spec_text(text: str, path: str = "<spec>") -> LoadedSpec:
     """Validate spec text; `path` is used in messages and (by its file name) in outputs."""
     data, source = read_yaml(text, path)
     spec: Spec = _validate(Spec, data, source)
-    library, library_source = _library()
-    blocks = {name: Located(block, library_source, ("blocks", name)) for name, block in library.blocks.items()}
-    blocks.update({name: Located(block, source, ("blocks", name)) for name, block in spec.blocks.items()})
+    own = {name: Located(block, source, ("blocks", name)) for name, block in spec.blocks.items()}
+    blocks = LibraryBlocks(own)
     # The file name reaches generated files (a docstring, ONNX metadata): keep it printable text.
     file_name = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in Path(path).name)
     return LoadedSpec(
