@@ -104,11 +104,16 @@ class Conv(Op):
         return source.call("nn.Conv2d", source.expression(channels), source.expression(a["out"]), options)
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        self.conv_node(node, inputs, f"{node.name}.weight", output, graph)
+        return True
+
+    @staticmethod
+    def conv_node(node: Node, inputs: list[str], weight: str, output: str, graph: OnnxGraph) -> None:
+        """The ONNX Conv of a convolution layer, reading `weight` (the stored one, or one computed from it)."""
         a = node.attrs
-        weights = [f"{node.name}.weight"] + ([f"{node.name}.bias"] if a["bias"] else [])
         graph.node(
             "Conv",
-            inputs + weights,
+            [*inputs, weight] + ([f"{node.name}.bias"] if a["bias"] else []),
             [output],
             node.name,
             kernel_shape=[a["kernel"]] * 2,
@@ -117,7 +122,6 @@ class Conv(Op):
             dilations=[a["dilation"]] * 2,
             group=a["groups"],
         )
-        return True
 
 
 class ChannelConvFields(LayerFields):
@@ -245,17 +249,5 @@ class StdConv(Conv):
         graph.node("Add", [f"{name}.variance", eps], [f"{name}.variance_eps"], f"{name}.variance_eps")
         graph.node("Sqrt", [f"{name}.variance_eps"], [f"{name}.std"], f"{name}.std")
         graph.node("Div", [f"{name}.centred", f"{name}.std"], [f"{name}.standardised"], f"{name}.standardised")
-        a = node.attrs
-        weights = [f"{name}.standardised"] + ([f"{name}.bias"] if a["bias"] else [])
-        graph.node(
-            "Conv",
-            inputs + weights,
-            [output],
-            name,
-            kernel_shape=[a["kernel"]] * 2,
-            strides=[a["stride"]] * 2,
-            pads=[a["padding"]] * 4,
-            dilations=[a["dilation"]] * 2,
-            group=a["groups"],
-        )
+        self.conv_node(node, inputs, f"{name}.standardised", output, graph)
         return True
