@@ -190,6 +190,9 @@ def build_onnx(
     if batch is not None and not static_shape:
         raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
     model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
+    from resnetc.backends.onnx_graph import check_size
+
+    check_size(model, "float32" if dtype == "int8" else dtype)
     if (dtype == "int8") != (calibration is not None):
         raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
     images = None

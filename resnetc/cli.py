@@ -190,6 +190,13 @@ def _check(args: argparse.Namespace) -> int:
             f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
             f"{summary.macs / 1e9:.3f} GMACs, output {output}"
         )
+        from resnetc.weights import MAX_INLINE_WEIGHT_BYTES
+
+        if summary.params * 4 > MAX_INLINE_WEIGHT_BYTES:  # buffers add little; compile checks exactly
+            print(
+                f"  note: {summary.params * 4 / 2**30:.2f} GiB of float32 weights is more than --target onnx "
+                f"writes ({MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB inline); --target torch has no such limit"
+            )
         return EXIT_OK
 
     return _for_each_spec(args, one)

@@ -19,6 +19,8 @@ from resnetc.ir.graph import Graph
 Weights = dict[str, np.ndarray]
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # a training counter, not a weight
 MAX_LISTED = 10
+# A protobuf message cannot exceed 2 GiB, and ONNX weights are written inline: room is left for the graph.
+MAX_INLINE_WEIGHT_BYTES = 2**31 - 2**26
 
 
 def initialise(graph: Graph, seed: int = 0) -> Weights:

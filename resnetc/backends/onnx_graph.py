@@ -6,6 +6,7 @@ graph reads `input` [N, C, H, W] with symbolic N, H, W and writes `logits` [N, c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from resnetc import __version__, ops
 from resnetc.errors import UsageError
 from resnetc.ir.graph import Model, Node
 from resnetc.ops.base import unsupported
-from resnetc.weights import Weights
+from resnetc.weights import MAX_INLINE_WEIGHT_BYTES, Weights
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 22)
@@ -202,3 +203,16 @@ def build(
         },
     )
     return proto
+
+
+def check_size(model: Model, dtype: str) -> None:
+    """Refuse, before any weight exists, a model whose inline weights cannot be serialised (protobuf's
+    2 GiB limit): it would otherwise fail after minutes and many GiB in the serializer."""
+    count = sum(math.prod(shape) for shape in model.graph.tensors().values())
+    size = count * (2 if dtype == "float16" else 4)
+    if size > MAX_INLINE_WEIGHT_BYTES:
+        raise UsageError(
+            f"the ONNX target writes weights inline, at most {MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB (protobuf's "
+            f"limit); this model has {count:,} weights, {size / 2**30:.2f} GiB in {dtype}: use --target torch, "
+            "--dtype float16 if that fits, or fewer parameters (external data is not written yet)"
+        )
