@@ -138,6 +138,7 @@ def _module(model: Model) -> torch.nn.Module:
 class OnnxResult:
     proto: onnx.ModelProto
     weights_origin: str  # the weights file, or a note that they are seeded
+    data: bytearray | None = None  # the external data file (`<stem>.onnx.data`), where the weights are over 2 GiB
 
 
 def _weights(
@@ -190,9 +191,16 @@ def build_onnx(
     if batch is not None and not static_shape:
         raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
     model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
-    from resnetc.backends.onnx_graph import check_size
+    from resnetc.backends.onnx_graph import external_data, needs_external_data
 
-    check_size(model, "float32" if dtype == "int8" else dtype)
+    external = (
+        f"{model.stem}.onnx.data" if needs_external_data(model, "float32" if dtype == "int8" else dtype) else None
+    )
+    if external is not None and (dtype == "int8" or fold_bn):
+        raise UsageError(
+            "a model with over 2 GiB of weights is written with external data, which --dtype int8 "
+            "and --fold-bn do not support yet"
+        )
     if (dtype == "int8") != (calibration is not None):
         raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
     images = None
@@ -219,7 +227,11 @@ def build_onnx(
         symbols=symbols,
         static=static_shape,
         batch=None if not static_shape or keep_batch else (batch or 1),
+        external=external,
     )
+    if external is not None:
+        origin += f"; weights in {external} beside the model (external data: over 2 GiB)"
+        return OnnxResult(proto, origin, external_data(model, arrays, dtype))
     if images is not None:
         from onnx import helper
 
@@ -331,7 +343,7 @@ def compile_spec(
     _module_name_problem(loaded)
     model = lower(loaded)
     out_dir = Path(out_dir)
-    outputs: dict[Path, bytes] = {}
+    outputs: dict[Path, bytes | bytearray] = {}
     result = CompileResult()
     if target in ("torch", "all"):
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
@@ -359,8 +371,12 @@ def compile_spec(
                 )
             outputs[out_dir / loaded.stem / "config.pbtxt"] = config(model, loaded.stem, static_shape).encode("utf-8")
             outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()
+            if built.data is not None:
+                outputs[out_dir / loaded.stem / "1" / f"{loaded.stem}.onnx.data"] = built.data
         else:
             outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
+            if built.data is not None:  # written with the model, all or nothing
+                outputs[out_dir / f"{loaded.stem}.onnx.data"] = built.data
         result.weights_origin = built.weights_origin
     changed: dict[Path, bytes] = {}
     for path, data in outputs.items():

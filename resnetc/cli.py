@@ -194,8 +194,8 @@ def _check(args: argparse.Namespace) -> int:
 
         if summary.params * 4 > MAX_INLINE_WEIGHT_BYTES:  # buffers add little; compile checks exactly
             print(
-                f"  note: {summary.params * 4 / 2**30:.2f} GiB of float32 weights is more than --target onnx "
-                f"writes ({MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB inline); --target torch has no such limit"
+                f"  note: {summary.params * 4 / 2**30:.2f} GiB of float32 weights is more than one ONNX file holds "
+                f"({MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB): --target onnx writes them to <stem>.onnx.data beside it"
             )
         return EXIT_OK
 
@@ -223,10 +223,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from resnetc.runtime.inputs import load_model_bytes, make_batch, top_k
+    from resnetc.runtime.inputs import make_batch, model_source, top_k
     from resnetc.runtime.session import create_session, infer, median_latency
 
-    model = load_model_bytes(Path(args.model))
+    model = model_source(Path(args.model))
     session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
     batch = make_batch(session, args.input, args.batch)
     results = session.run(None, {session.get_inputs()[0].name: batch})

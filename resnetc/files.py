@@ -33,7 +33,7 @@ def _temporary_copy(path: Path, data: bytes) -> str:
     return temporary
 
 
-def write_all_atomic(outputs: dict[Path, bytes]) -> None:
+def write_all_atomic(outputs: dict[Path, bytes | bytearray]) -> None:
     """Write every file, or (on an error while writing) none of them."""
     pending: list[tuple[str, Path]] = []  # temporaries not yet renamed into place
     try:

@@ -9,6 +9,7 @@ hold every spec to: on the CPU rtol 1e-4, atol 1e-4 x scale; on a GPU (TF32 off 
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,7 +90,14 @@ def verify(
         origin = f"the model's own initialisation, BatchNorm statistics and affine parameters from seed {seed}"
     model.eval()
     state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
-    session = create_session(resnetc.to_onnx(ir, weights=state).SerializeToString(), provider, use_tf32=False)
+    built = resnetc.build_onnx(ir, weights=state)
+    with tempfile.TemporaryDirectory(prefix="resnetc-verify-") as folder:
+        model_file: bytes | str = built.proto.SerializeToString()
+        if built.data is not None:  # over 2 GiB: onnxruntime reads external data only beside a file
+            Path(folder, f"{ir.stem}.onnx.data").write_bytes(built.data)
+            Path(folder, f"{ir.stem}.onnx").write_bytes(model_file)  # type: ignore[arg-type]
+            model_file = str(Path(folder, f"{ir.stem}.onnx"))
+        session = create_session(model_file, provider, use_tf32=False)
     on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
     inputs = np.random.default_rng(seed).standard_normal((batch, *ir.input_shape), dtype=np.float32)
     device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"

@@ -125,12 +125,14 @@ def build(
     symbols: dict[str, tuple[str | int, str | int]] | None = None,
     static: bool = False,
     batch: int | None = None,
+    external: str | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32.
 
     Every tensor of the IR gets a `value_info`: with `symbols` (from `spatial_symbols`) the batch and spatial
     sizes are symbolic; `static` makes the spatial sizes concrete (the input size the model was lowered at)
-    and `batch` the batch."""
+    and `batch` the batch. With `external` (a file name), the weights are not inline: each initializer
+    points into that file beside the model, at the offsets `external_data` writes them."""
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
@@ -190,8 +192,18 @@ def build(
         ir_version=helper.find_min_ir_version_for(opsets),
     )
     # Weights go straight into the finished model: make_graph and make_model would each copy them.
-    for key in graph.tensors():
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(weights[key], dtype=numpy_type), name=key))
+    offset = 0
+    for key, shape in graph.tensors().items():
+        if external is None:
+            array = np.asarray(weights[key], dtype=numpy_type)
+            proto.graph.initializer.append(numpy_helper.from_array(array, name=key))
+            continue
+        length = math.prod(shape) * np.dtype(numpy_type).itemsize
+        tensor = proto.graph.initializer.add(name=key, dims=list(shape), data_type=onnx_type)
+        tensor.data_location = TensorProto.EXTERNAL
+        for field, value in (("location", external), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=field, value=value)
+        offset += length
     helper.set_model_props(
         proto,
         {
@@ -205,14 +217,21 @@ def build(
     return proto
 
 
-def check_size(model: Model, dtype: str) -> None:
-    """Refuse, before any weight exists, a model whose inline weights cannot be serialised (protobuf's
-    2 GiB limit): it would otherwise fail after minutes and many GiB in the serializer."""
+def needs_external_data(model: Model, dtype: str) -> bool:
+    """Whether the weights are too large to be inline (protobuf cannot serialise a message over 2 GiB)."""
     count = sum(math.prod(shape) for shape in model.graph.tensors().values())
-    size = count * (2 if dtype == "float16" else 4)
-    if size > MAX_INLINE_WEIGHT_BYTES:
-        raise UsageError(
-            f"the ONNX target writes weights inline, at most {MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB (protobuf's "
-            f"limit); this model has {count:,} weights, {size / 2**30:.2f} GiB in {dtype}: use --target torch, "
-            "--dtype float16 if that fits, or fewer parameters (external data is not written yet)"
-        )
+    return count * np.dtype(DTYPES[dtype][0]).itemsize > MAX_INLINE_WEIGHT_BYTES
+
+
+def external_data(model: Model, weights: Weights, dtype: str) -> bytearray:
+    """The external data file of `build(..., external=...)`: every weight, in the graph's order, raw. Copied
+    into one preallocated buffer, so that a compile peaks at the weights plus this one copy."""
+    numpy_type = np.dtype(DTYPES[dtype][0])
+    sizes = {key: math.prod(shape) * numpy_type.itemsize for key, shape in model.graph.tensors().items()}
+    buffer = bytearray(sum(sizes.values()))
+    view, offset = memoryview(buffer), 0
+    for key, size in sizes.items():
+        array = np.ascontiguousarray(weights[key], dtype=numpy_type)
+        view[offset : offset + size] = array.reshape(-1).view(np.uint8)
+        offset += size
+    return buffer

@@ -29,6 +29,28 @@ def load_model_bytes(path: Path) -> bytes:
     return data
 
 
+def model_source(path: Path) -> bytes | str:
+    """What onnxruntime should open: the model's bytes, or its path where its weights are external data
+    (onnxruntime reads those only beside a file). External data must be a plain file beside the model."""
+    data = load_model_bytes(path)
+    proto = onnx.load_model_from_string(data)
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    if not locations:
+        return data
+    for location in locations:
+        if Path(location).name != location or location in (".", ".."):
+            raise UsageError(f"{path}: external data {location!r} is not a file beside the model")
+        if not (path.parent / location).is_file():
+            raise UsageError(f"{path}: its external data {location} is missing (it is written beside the model)")
+    return str(path)
+
+
 def _spec_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
     recorded = session.get_modelmeta().custom_metadata_map.get("resnetc.input_shape")
     try:

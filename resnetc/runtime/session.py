@@ -43,7 +43,7 @@ def _cuda_session(
             ort.preload_dlls()
         except Exception:  # noqa: BLE001 - preloading is a help, not a requirement
             pass
-    session = ort.InferenceSession(model, options, providers=[(CUDA, cuda_options), CPU])
+    session = ort.InferenceSession(model, options, providers=[(CUDA, cuda_options), CPU], **_big_model_options(model))
     return session if CUDA in session.get_providers() else None
 
 
@@ -75,7 +75,13 @@ def create_session(
                 "(is onnxruntime-gpu installed, with CUDA 13 and cuDNN 9?)"
             )
             raise RuntimeUnavailable(f"--provider cuda: {reason}")
-    return ort.InferenceSession(model, options, providers=[CPU])
+    return ort.InferenceSession(model, options, providers=[CPU], **_big_model_options(model))
+
+
+def _big_model_options(model: bytes | str) -> dict[str, object]:
+    """A model opened from its path has external data (over 2 GiB): onnxruntime's NCHWc layout pass would copy
+    a large weight into an embedded initializer and fail, so it is left out; the rest of the optimisations stay."""
+    return {"disabled_optimizers": ["NchwcTransformer"]} if isinstance(model, str) else {}
 
 
 def infer(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
