@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from resnetc.errors import Diagnostic
+from resnetc.spec.yaml_source import MAX_SPEC_BYTES
 
 MAX_SHOWN = 20
+EXCERPT = 120  # characters shown on each side of the column of a long source line
 
 
 def _source_line(diagnostic: Diagnostic, texts: dict[str, str]) -> str | None:
@@ -15,7 +17,8 @@ def _source_line(diagnostic: Diagnostic, texts: dict[str, str]) -> str | None:
     if path not in texts:
         try:
             # Undecodable bytes are shown as U+FFFD, so a non-UTF-8 spec still shows its line.
-            texts[path] = Path(path).read_bytes().decode("utf-8", errors="replace")
+            with Path(path).open("rb") as handle:  # bounded: the spec cap, never a whole /dev/zero
+                texts[path] = handle.read(MAX_SPEC_BYTES + 1).decode("utf-8", errors="replace")
         except (OSError, ValueError):
             texts[path] = ""
     lines = texts[path].splitlines()
@@ -30,11 +33,17 @@ def format_text(diagnostics: list[Diagnostic], texts: dict[str, str] | None = No
     for diagnostic in diagnostics[:MAX_SHOWN]:
         block = [str(diagnostic)]
         line = _source_line(diagnostic, texts)
+        number = str(diagnostic.location.line)
         if line is not None:
-            number = str(diagnostic.location.line)
-            shown = line.expandtabs(1).replace("\r", "")
+            shown, column = line.expandtabs(1).replace("\r", ""), diagnostic.location.col - 1
+            if len(shown) > 2 * EXCERPT:  # a bounded excerpt around the column, never a megabyte line
+                start = max(0, column - EXCERPT)
+                shown, column = (
+                    ("..." if start else "") + shown[start : column + EXCERPT] + "...",
+                    column - start + (3 if start else 0),
+                )
             block.append(f" {number} | {shown}")
-            block.append(f" {' ' * len(number)} | {' ' * (diagnostic.location.col - 1)}^")
+            block.append(f" {' ' * len(number)} | {' ' * column}^")
         if diagnostic.help:
             block.append(f" {' ' * len(number)} = help: {diagnostic.help}")
         blocks.append("\n".join(block))

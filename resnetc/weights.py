@@ -35,19 +35,21 @@ def initialise(graph: Graph, seed: int = 0) -> Weights:
     return weights
 
 
+def _first_line(error: BaseException) -> str:
+    """An exception's message, first line, bounded; `(no message)` for an empty one (an empty .pt file)."""
+    lines = str(error).splitlines()
+    return lines[0][:200] if lines and lines[0] else "no message: an empty or truncated file?"
+
+
 def _read_torch(path: Path) -> dict[str, object]:
     import torch  # only here: the ONNX path with safetensors never imports torch
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
-        raise WeightsError(
-            f"{path}: cannot read as a PyTorch state_dict ({str(error).splitlines()[0][:200]})"
-        ) from None
+        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
     except Exception as error:  # noqa: BLE001 - torch's unpickler raises its own types for non-state_dict pickles
-        raise WeightsError(
-            f"{path}: not a plain state_dict ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        ) from None
+        raise WeightsError(f"{path}: not a plain state_dict ({type(error).__name__}: {_first_line(error)})") from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: holds a {type(data).__name__}, not a state_dict (a mapping of names to tensors)")
     result: dict[str, object] = {}

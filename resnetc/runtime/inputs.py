@@ -60,33 +60,65 @@ def _spec_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
     return (channels, height, width) if channels else None
 
 
+MAX_INPUT_BYTES = 4 * 2**30  # what `run` allocates for an input batch at most: an honest limit, said up front
+
+
 def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int) -> np.ndarray:
     """The array to run: from a .npy file (checked against the model's input), or seeded noise."""
     declared = session.get_inputs()[0]
     shape = declared.shape
     if input_file is None:
-        if batch < 1:
-            raise UsageError(f"--batch must be at least 1, got {batch}")
         recorded = _spec_shape(session)
         channels, height, width = recorded or (
             shape[1] if isinstance(shape[1], int) else 3,
             shape[2] if isinstance(shape[2], int) else DEFAULT_SIZE,
             shape[3] if isinstance(shape[3], int) else DEFAULT_SIZE,
         )
+        size = batch * channels * height * width * 4
+        if batch < 1 or size > MAX_INPUT_BYTES:
+            raise UsageError(
+                f"--batch must be at least 1 and fit {MAX_INPUT_BYTES // 2**30} GiB of input, got {batch} "
+                f"({max(size, 0) / 2**30:.1f} GiB of {channels}x{height}x{width} float32 images)"
+            )
         return np.random.default_rng(0).standard_normal((batch, channels, height, width), dtype=np.float32)
-    try:
-        array = np.load(input_file, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{input_file}: cannot read as a .npy array ({error})") from None
+    array = _read_input(Path(input_file))
     if array.dtype != np.float32:
         raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32")
     if array.ndim != len(shape):
         raise UsageError(f"{input_file}: shape {list(array.shape)}; the model takes {len(shape)} dimensions {shape}")
+    if array.shape[0] < 1:
+        raise UsageError(f"{input_file}: shape {list(array.shape)} holds no image (a batch of 0)")
     for axis, (size, want) in enumerate(zip(array.shape, shape, strict=True)):
         if isinstance(want, int) and size != want:
             raise UsageError(
                 f"{input_file}: shape {list(array.shape)}; axis {axis} must be {want} (model input {shape})"
             )
+    return array
+
+
+def _read_input(path: Path) -> np.ndarray:
+    """A plain .npy array: its header is read and checked against the file's size before any data is."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such input file")
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(handle)
+            data_start = handle.tell()
+    except (ValueError, OSError, EOFError):
+        raise UsageError(
+            f"{path}: not a .npy array (an .npz or pickled file is not an input; save one array)"
+        ) from None
+    declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if dtype.itemsize else 0
+    if declared > MAX_INPUT_BYTES or declared > path.stat().st_size - data_start:
+        raise UsageError(f"{path}: the header declares {declared / 2**30:.2f} GiB, more than the file or 4 GiB")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise UsageError(f"{path}: not a plain .npy array of numbers (pickled objects are refused)") from None
     return array
 
 

@@ -16,8 +16,8 @@ from resnetc import ops
 from resnetc.errors import Diagnostic, Location, SpecError, did_you_mean
 from resnetc.spec.models import BlockDef, Library, Spec
 from resnetc.spec.shipped import resolve
+from resnetc.spec.yaml_source import MAX_SPEC_BYTES, SourceMap, read_yaml, spelling
 from resnetc.spec.yaml_source import Path as DocPath
-from resnetc.spec.yaml_source import SourceMap, read_yaml, spelling
 
 LIBRARY_FILE = "blocks.yaml"
 # Read only when a spec names a block the core library lacks: its YAML takes a third of a second to parse.
@@ -216,9 +216,12 @@ def load_spec(path: str | Path) -> LoadedSpec:
     """Read and validate a spec file, or a shipped spec by name (`resnet50`, `timm/resnet50d`)."""
     path = resolve(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:  # at most one byte past the cap: /dev/zero or a huge file ends at once
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as error:
         raise SpecError.at(Location(str(path), 1, 1), f"cannot read spec: {error.strerror or error}", "E109") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError.at(Location(str(path), 1, 1), f"spec file is larger than {MAX_SPEC_BYTES // 1024} KiB", "E106")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:

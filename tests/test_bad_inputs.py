@@ -1,0 +1,70 @@
+"""Bad input beyond the spec file gives exit 2 with a reason, never an internal error (issue 13, in part)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resnetc.cli import main
+from tests.conftest import ROOT
+
+SPEC = str(ROOT / "specs" / "resnet20.yaml")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("model")
+    assert main(["compile", SPEC, "--target", "onnx", "--out", str(out)]) == 0
+    return str(out / "resnet20.onnx")
+
+
+def _header_only(path, shape) -> None:
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        handle.write(b"\0" * 64)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: np.savez(p.with_suffix(".npz"), a=np.zeros((1, 3, 32, 32), np.float32)), "not a .npy array"),
+        (lambda p: np.save(p, np.zeros((0,), np.float32)), "the model takes 4 dimensions"),
+        (lambda p: np.save(p, np.zeros((0, 3, 32, 32), np.float32)), "holds no image"),
+        (lambda p: _header_only(p, (1024, 3, 224, 224000)), "the header declares"),
+    ],
+    ids=["npz", "empty", "batch-0", "huge-header"],
+)
+def test_run_input_files(model, make, message, tmp_path, capsys) -> None:
+    path = tmp_path / "input.npy"
+    make(path)
+    target = path if path.exists() else path.with_suffix(".npz")
+    assert main(["run", model, "--input", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
+
+
+def test_run_batch_that_cannot_be_allocated(model, capsys) -> None:
+    assert main(["run", model, "--batch", "10000000"]) == 2
+    assert "fit 4 GiB of input" in capsys.readouterr().err
+
+
+def test_an_empty_pt_file_is_a_bad_weights_file(tmp_path, capsys) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(empty), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "empty or truncated" in err and "internal error" not in err
+
+
+def test_an_endless_spec_file_is_refused_after_the_cap(capsys) -> None:
+    assert main(["check", "/dev/zero"]) == 2  # reads at most the cap plus one byte
+    assert "larger than 256 KiB" in capsys.readouterr().err
+
+
+def test_a_huge_line_is_shown_as_a_bounded_excerpt(tmp_path, capsys) -> None:
+    spec = tmp_path / "long.yaml"
+    spec.write_text(
+        "version: 1\nname: N\ninput: [3, 8, 8]\nnum_classes: 2\nlayers: {a: {op: conv, " + "x" * 100_000 + ": 1}}\n"
+    )
+    assert main(["check", str(spec)]) == 2
+    assert max(len(line) for line in capsys.readouterr().err.splitlines()) < 400
