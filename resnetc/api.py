@@ -16,7 +16,7 @@ from __future__ import annotations
 import keyword
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from resnetc.errors import Location, SpecError, UsageError
 from resnetc.ir.analysis import Summary, summarize
@@ -113,8 +113,7 @@ def build(
     if weights is not None:
         import torch
 
-        arrays, _ = _weights(model, weights, 0, tuple(reinit), strip_prefix)
-        skipped = {key for key in arrays if any(key == p or key.startswith(p + ".") for p in reinit)}
+        arrays, _, skipped = _weights(model, weights, 0, tuple(reinit), strip_prefix)
         state = {key: torch.from_numpy(value) for key, value in arrays.items() if key not in skipped}
         module.load_state_dict(state, strict=False)  # every key but the re-initialised ones, checked by _weights
     return module
@@ -143,13 +142,18 @@ class OnnxResult:
 
 def _weights(
     model: Model, weights: WeightsLike, seed: int, reinit: tuple[str, ...] = (), strip_prefix: str | None = None
-) -> tuple[Weights, str]:
+) -> tuple[Weights, str, list[str]]:
+    """The weights, where they came from, and the keys left at their seeded initialisation (`reinit`)."""
     from resnetc.weights import initialise, match, read_weights
 
     if weights is None:
         if reinit or strip_prefix:
             raise UsageError("--reinit and --strip-prefix apply to a weights file; give one with --weights")
-        return initialise(model.graph, seed), f"seeded initialisation (seed {seed}); pass --weights for real weights"
+        return (
+            initialise(model.graph, seed),
+            f"seeded initialisation (seed {seed}); pass --weights for real weights",
+            [],
+        )
     if isinstance(weights, (str, Path)):
         arrays, origin = read_weights(weights), str(weights)
     else:
@@ -159,7 +163,7 @@ def _weights(
     )
     if matched.reinitialised:
         origin += f"; left at their seeded initialisation (--reinit): {', '.join(matched.reinitialised)}"
-    return matched.arrays, origin
+    return matched.arrays, origin, matched.reinitialised
 
 
 def build_onnx(
@@ -209,7 +213,7 @@ def build_onnx(
 
         images = read_calibration(calibration, model.input_shape[0])
         fold_bn = True  # no fp32 BatchNorm left between quantized convolutions
-    arrays, origin = _weights(model, weights, seed, tuple(reinit), strip_prefix)
+    arrays, origin, _ = _weights(model, weights, seed, tuple(reinit), strip_prefix)
     symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
     if fold_bn:
         from resnetc.ir.verify import verify
@@ -262,33 +266,12 @@ def _at_other_sizes(spec: SpecLike, model: Model, overrides: dict[str, object]) 
     return others
 
 
-def to_onnx(
-    spec: SpecLike,
-    weights: WeightsLike = None,
-    *,
-    opset: int = 17,
-    dtype: str = "float32",
-    fold_bn: bool = False,
-    reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
-    static_shape: bool = False,
-    batch: int | None = None,
-    **overrides: object,
-) -> onnx.ModelProto:
-    """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None).
-    Overrides: num_classes, in_channels, input_size."""
-    return build_onnx(
-        spec,
-        weights,
-        opset=opset,
-        dtype=dtype,
-        fold_bn=fold_bn,
-        reinit=reinit,
-        strip_prefix=strip_prefix,
-        static_shape=static_shape,
-        batch=batch,
-        **overrides,
-    ).proto
+def to_onnx(spec: SpecLike, weights: WeightsLike = None, **options: Any) -> onnx.ModelProto:
+    """The ONNX model, with weights from a file, a mapping of arrays, or seeded (None). Takes `build_onnx`'s
+    options (opset, dtype, fold_bn, reinit, strip_prefix, static_shape, batch, calibration) and the
+    overrides num_classes, in_channels, input_size. A model whose weights are external data (over 2 GiB)
+    needs its data file too: use `build_onnx` (its `.data`) or `compile_spec`."""
+    return build_onnx(spec, weights, **options).proto
 
 
 @dataclass
@@ -347,6 +330,8 @@ def compile_spec(
     result = CompileResult()
     if target in ("torch", "all"):
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
+    if target == "triton" and batch is not None:  # before anything is built
+        raise UsageError("a Triton repository batches dynamically: leave --batch out (--static-shape fixes H, W)")
     if target in ("onnx", "all", "triton"):
         built = build_onnx(
             loaded,
@@ -365,10 +350,6 @@ def compile_spec(
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
             from resnetc.backends.triton import config
 
-            if batch is not None:
-                raise UsageError(
-                    "a Triton repository batches dynamically: leave --batch out (--static-shape fixes H, W)"
-                )
             outputs[out_dir / loaded.stem / "config.pbtxt"] = config(model, loaded.stem, static_shape).encode("utf-8")
             outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()
             if built.data is not None:

@@ -77,12 +77,12 @@ def verify(
 
     import resnetc
     from resnetc.runtime import BoundRunner, create_session
-    from resnetc.weights import match_weights, read_weights
+    from resnetc.weights import match, read_weights
 
     ir = resnetc.lower(spec, **overrides)
     model = resnetc.build(ir)  # the lowered model: the spec is read and checked once
     if weights is not None:
-        arrays = match_weights(ir.graph, read_weights(weights), f"weights in {weights}")
+        arrays = match(ir.graph, read_weights(weights), f"weights in {weights}").arrays
         model.load_state_dict({key: torch.from_numpy(value) for key, value in arrays.items()}, strict=False)
         origin = str(weights)
     else:

@@ -146,19 +146,6 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
-def match_weights(
-    graph: Graph,
-    arrays: dict[str, object],
-    origin: str = "weights",
-    *,
-    reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
-    seed: int = 0,
-) -> Weights:
-    """Check names and shapes against the graph; float32 arrays in the graph's order."""
-    return match(graph, arrays, origin, reinit=reinit, strip_prefix=strip_prefix, seed=seed).arrays
-
-
 def match(
     graph: Graph,
     arrays: dict[str, object],
@@ -168,9 +155,10 @@ def match(
     strip_prefix: str | None = None,
     seed: int = 0,
 ) -> Matched:
-    """`match_weights` with its report. `reinit` names layers (`fc`, `layer4.2`) whose tensors are not taken
-    from the file but left at the seeded initialisation: fine-tuning a new head. `strip_prefix` removes a
-    wrapper's prefix (`module.`) from every key first."""
+    """Check names and shapes against the graph: float32 arrays in the graph's order, with a report.
+    `reinit` names layers (`fc`, `layer4.2`) whose tensors are not taken from the file but left at the
+    seeded initialisation: fine-tuning a new head. `strip_prefix` removes a wrapper's prefix (`module.`)
+    from every key first."""
     expected = graph.tensors()
     # torch tensors (a state_dict in memory, parameters that require grad) as numpy, without importing torch.
     arrays = {key: _as_array(value) for key, value in arrays.items()}

@@ -23,6 +23,7 @@ from resnetc.ir.names import (
 )
 from resnetc.ir.verify import verify
 from resnetc.ops.base import BLOCK, PLACES, SEQUENTIAL, TOP, ShapeError
+from resnetc.ops.source import is_expression
 from resnetc.ops.structure import Schedule
 from resnetc.spec import expr as expressions
 from resnetc.spec.expr import Const, Expr, fold
@@ -464,10 +465,10 @@ class _StaticChecks:
         """A top-level integer: an expression there can only read num_classes and in_channels."""
         spec = self.loaded.spec
         env = {"in_channels": spec.input[0], **({"num_classes": spec.num_classes} if spec.num_classes else {})}
-        if isinstance(value, Expr.__args__) and set(expressions.names(value)) - set(env):  # type: ignore[attr-defined]
+        if is_expression(value) and set(expressions.names(value)) - set(env):
             return 1  # an unknown name, already reported (E308)
         try:
-            return expressions.evaluate(value, env) if isinstance(value, Expr.__args__) else int(value)  # type: ignore[attr-defined]
+            return expressions.evaluate(value, env) if is_expression(value) else int(value)
         except expressions.ExprError as error:
             self.fail(origin.at(key), str(error), "E310")
             return 1
@@ -697,11 +698,7 @@ class _Instantiator:
         stage = self.current_stage
         assert stage is not None
         value = layer.attrs.get(key) if key else None
-        read = (
-            expressions.names(value)
-            if isinstance(value, (Const, expressions.Name, expressions.Neg, expressions.BinOp))
-            else []
-        )
+        read = expressions.names(value) if is_expression(value) else []  # type: ignore[arg-type]
         for name in read:
             if name in stage.args:
                 return stage.origin.source.value((*stage.origin.path, "args", name))
@@ -713,7 +710,7 @@ class _Instantiator:
         self, layer: LayerIR, key: str, env: dict[str, int], prefix: str, table: dict[str, Any] | None = None
     ) -> int | float | bool | None:
         value = (layer.attrs if table is None else table).get(key)
-        if isinstance(value, (Const, expressions.Name, expressions.Neg, expressions.BinOp)):
+        if is_expression(value):
             try:
                 return expressions.evaluate(value, env)
             except expressions.ExprError as error:

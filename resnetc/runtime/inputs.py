@@ -13,8 +13,8 @@ from resnetc.errors import UsageError
 DEFAULT_SIZE = 224
 
 
-def load_model_bytes(path: Path) -> bytes:
-    """The bytes of an ONNX model file; UsageError when it is missing, empty or not ONNX."""
+def _read_model(path: Path) -> tuple[bytes, onnx.ModelProto]:
+    """The bytes of an ONNX model file and its graph; UsageError when it is missing, empty or not ONNX."""
     if not path.is_file():
         raise UsageError(f"{path}: no such model file")
     data = path.read_bytes()
@@ -26,14 +26,13 @@ def load_model_bytes(path: Path) -> bytes:
         raise UsageError(f"{path}: not an ONNX model ({type(error).__name__})") from None
     if not proto.graph.node or not proto.graph.input:
         raise UsageError(f"{path}: not an ONNX model (no graph)")
-    return data
+    return data, proto
 
 
 def model_source(path: Path) -> bytes | str:
     """What onnxruntime should open: the model's bytes, or its path where its weights are external data
     (onnxruntime reads those only beside a file). External data must be a plain file beside the model."""
-    data = load_model_bytes(path)
-    proto = onnx.load_model_from_string(data)
+    data, proto = _read_model(path)
     locations = {
         entry.value
         for tensor in proto.graph.initializer
