@@ -12,8 +12,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resnetc.errors import ResnetcError, SpecError
+
+if TYPE_CHECKING:
+    from resnetc.train.job import TrainResult
+    from resnetc.train.loop import Epoch
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -101,6 +106,52 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
     listing = commands.add_parser("list", help="the shipped specs, by the name that builds them, with params and GMACs")
     listing.add_argument("--json", action="store_true")
+
+    train = commands.add_parser(
+        "train", help="train the generated module on an .npz dataset: DIR/<stem>.safetensors, .csv and .json"
+    )
+    train.add_argument("specs", nargs="+", metavar="SPEC", help="one or more specs, trained one after the other")
+    train.add_argument("--data", required=True, metavar="FILE.npz", help="x_train, y_train (and x_test, y_test)")
+    train.add_argument("--epochs", required=True, type=int)
+    train.add_argument("--out", default="runs", help="output folder (default: runs/)")
+    train.add_argument("--batch-size", type=int, default=128, help="the global batch, over every process")
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        metavar="FRACTION",
+        help="fractions of the epochs after which the lr is divided by 10 (default: 0.5 0.75, the paper's)",
+    )
+    train.add_argument("--warmup-epochs", type=int, default=0, help="epochs at lr/10 first (the paper's ResNet-110)")
+    train.add_argument(
+        "--augment",
+        default="crop,flip",
+        help="crop (random crop of the padded image), flip (horizontal), both (default) or none",
+    )
+    train.add_argument("--crop-padding", type=int, default=4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--error-format", choices=("text", "json"), default="text")
+    train.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    train.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+
+    probe = commands.add_parser(
+        "probe", help="gradient norm and output variance of every weighted layer at initialisation, by depth"
+    )
+    probe.add_argument("specs", nargs="+", metavar="SPEC")
+    probe.add_argument("--batch", type=int, default=64, help="seeded images in the batch (default 64)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    probe.add_argument("--layers", action="store_true", help="one line per weighted layer")
+    probe.add_argument("--json", action="store_true", help="one JSON object per spec, every layer")
+    probe.add_argument("--plot", metavar="FILE.png", help="draw both measures against depth for all the specs")
+    probe.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(probe)
 
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
     run.add_argument("model", metavar="MODEL.onnx")
@@ -246,6 +297,112 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    from resnetc.train.loop import Recipe
+
+    augment = () if args.augment == "none" else tuple(part.strip() for part in args.augment.split(","))
+    recipe = Recipe(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        milestones=tuple(args.milestones),
+        warmup_epochs=args.warmup_epochs,
+        augment=augment,
+        crop_padding=args.crop_padding,
+        seed=args.seed,
+    )
+    _refuse_shared_stems(args.specs)
+
+    def one(spec: str) -> int:
+        from tqdm import tqdm
+
+        from resnetc.train.job import train
+
+        def report(epoch: Epoch) -> None:
+            tqdm.write(_epoch_line(epoch, recipe.epochs))
+
+        result = train(
+            spec,
+            args.data,
+            args.out,
+            recipe,
+            num_classes=args.num_classes,
+            in_channels=args.in_channels,
+            device=args.device,
+            progress=not args.quiet and sys.stderr.isatty(),
+            on_epoch=report,
+        )
+        if result.where.main:
+            print(f"{spec}: {result.where.world} process(es) on {result.where.device.type}")
+            for path in (result.weights, result.csv_log, result.json_log):
+                print(f"wrote {path}")
+            print(f"  compile it: resnetc compile {spec} --target onnx --weights {result.weights}{_flags(result)}")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _flags(result: TrainResult) -> str:
+    """The --num-classes/--in-channels that rebuild the trained model."""
+    return f" --num-classes {result.overrides['num_classes']} --in-channels {result.overrides['in_channels']}"
+
+
+def _epoch_line(epoch: Epoch, epochs: int) -> str:
+    test = f", test loss {epoch.test_loss:.4f} error {epoch.test_error:.2%}" if epoch.test_error is not None else ""
+    return (
+        f"epoch {epoch.epoch}/{epochs}: lr {epoch.lr:g}, train loss {epoch.train_loss:.4f} "
+        f"error {epoch.train_error:.2%}{test} ({epoch.seconds:.1f} s)"
+    )
+
+
+def _refuse_shared_stems(specs: list[str]) -> None:
+    """Two specs named alike would write over each other's outputs in one folder."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        stem = Path(spec).stem
+        if stem in seen:
+            from resnetc.errors import UsageError
+
+            raise UsageError(f"{seen[stem]} and {spec} would both write {stem}.*: give them different names")
+        seen[stem] = spec
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from resnetc.train.probe import markdown_table, probe
+
+    if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+        from resnetc.errors import UsageError
+
+        raise UsageError(f"--plot writes a PNG: give a name ending in .png, not {args.plot!r}")
+    probes = []
+
+    def one(spec: str) -> int:
+        result = probe(spec, batch=args.batch, seed=args.seed, device=args.device, **_overrides(args))
+        probes.append(result)
+        if args.json:
+            print(json.dumps(result.as_json()))
+        elif args.layers:
+            print(f"{spec}: loss at init {result.loss:.4f}, batch {result.batch}")
+            for layer in result.layers:
+                print(
+                    f"  {layer.depth:>5} {layer.name:<28} grad {layer.grad_norm:10.4g}"
+                    f"  var {layer.output_variance:10.4g}"
+                )
+        return EXIT_OK
+
+    status = _for_each_spec(args, one)
+    if probes and not args.json:
+        print(markdown_table(probes), end="")
+    if probes and args.plot is not None:
+        from resnetc.train.figures import probe_figure
+
+        probe_figure(probes, args.plot)
+        print(f"wrote {args.plot}")
+    return status
+
+
 def _verify(args: argparse.Namespace) -> int:
     from resnetc.verify import verify
 
@@ -309,6 +466,8 @@ COMMANDS = {
     "graph": _graph,
     "schema": _schema,
     "run": _run,
+    "train": _train,
+    "probe": _probe,
 }
 
 

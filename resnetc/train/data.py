@@ -1,0 +1,147 @@
+"""Datasets for `resnetc train`: an `.npz` of images and labels, checked before it is trusted.
+
+The file holds `x_train` (N, C, H, W; uint8 or float) and `y_train` (N,; integer labels), optionally
+`x_test` and `y_test`. Nothing in it is executed (`allow_pickle=False`), and each member's declared size
+is compared with what the machine has before a byte of it is read.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from resnetc.errors import UsageError
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # float32 (N, C, H, W), normalised per channel with the training split's statistics
+    labels: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    test: Split | None
+    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1] (uint8) or as given
+    std: tuple[float, ...]
+    num_classes: int  # the largest label + 1, over both splits
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound but the 64 GiB below
+        return 64 * 2**30
+
+
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such dataset file (an .npz holding x_train and y_train)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise UsageError(
+            f"{path}: not an .npz file (save one with numpy.savez(path, x_train=..., y_train=...))"
+        ) from None
+    # Decoded to float32, uint8 images take four times their size; half the machine's memory is the limit.
+    budget = _memory_bytes() // 2
+    if declared * 4 > budget:
+        raise UsageError(
+            f"{path}: its arrays declare {declared / 2**30:.2f} GiB, which as float32 is more than half of "
+            f"this machine's memory ({budget / 2**30:.1f} GiB)"
+        )
+    return np.load(path, allow_pickle=False)
+
+
+def _array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise UsageError(f"{path}: {key} is not a plain array of numbers (pickled objects are refused)") from None
+
+
+def _split(archive: np.lib.npyio.NpzFile, path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _array(archive, path, f"x_{suffix}"), _array(archive, path, f"y_{suffix}")
+    if images.ndim != 4 or 0 in images.shape:
+        raise UsageError(f"{path}: x_{suffix} has shape {list(images.shape)}; it must be (N, C, H, W) with N >= 1")
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise UsageError(f"{path}: x_{suffix} has dtype {images.dtype}; images are uint8 or floating point")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise UsageError(
+            f"{path}: y_{suffix} has shape {list(labels.shape)}; it must be ({len(images)},), one label per image"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UsageError(f"{path}: y_{suffix} has dtype {labels.dtype}; labels are integers 0, 1, ...")
+    if labels.min() < 0:
+        raise UsageError(f"{path}: y_{suffix} holds the label {labels.min()}; labels are 0, 1, ..., classes - 1")
+    scaled = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images.astype(np.float32)
+    if not np.all(np.isfinite(scaled)):
+        raise UsageError(f"{path}: x_{suffix} holds NaN or infinite values (or values too large for float32)")
+    return scaled, labels.astype(np.int64)
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """The dataset, normalised per channel with the training images' mean and standard deviation."""
+    path = Path(path)
+    with _open(path) as archive:
+        present = set(archive.files)
+        unknown = sorted(present - set(KEYS))
+        if unknown or not {"x_train", "y_train"} <= present or ("x_test" in present) != ("y_test" in present):
+            raise UsageError(
+                f"{path}: holds {', '.join(sorted(present)) or 'no arrays'}; a dataset holds x_train and y_train, "
+                "and optionally x_test with y_test"
+            )
+        x_train, y_train = _split(archive, path, "train")
+        x_test, y_test = _split(archive, path, "test") if "x_test" in present else (None, None)
+    if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
+        raise UsageError(f"{path}: x_test images are {list(x_test.shape[1:])}, x_train's {list(x_train.shape[1:])}")
+    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
+    std = np.where(std > 1e-12, std, 1.0)  # a constant channel is left unscaled, not divided by zero
+
+    def normalise(images: np.ndarray) -> np.ndarray:
+        return ((images - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+
+    classes = int(max(y_train.max(), y_test.max() if y_test is not None else 0)) + 1
+    return Dataset(
+        train=Split(normalise(x_train), y_train),
+        test=Split(normalise(x_test), y_test) if x_test is not None else None,
+        mean=tuple(float(value) for value in mean),
+        std=tuple(float(value) for value in std),
+        num_classes=classes,
+    )
+
+
+def digits(size: int = 16, test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
+    """scikit-learn's `load_digits` (1,797 8x8 grey images of handwritten digits, shipped inside the
+    package: no download) as a dataset: upsampled to `size` x `size` by nearest neighbour, uint8, with
+    a seeded, stratified-by-shuffle train/test split."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UsageError("the digits dataset needs scikit-learn: pip install 'resnetc[experiment]'") from None
+    if size % 8:
+        raise UsageError(f"--size must be a multiple of 8 (the digits are 8x8), got {size}")
+    bunch = load_digits()
+    images = (bunch.images / 16 * 255).round().astype(np.uint8)  # the pixels are 0..16
+    images = images.repeat(size // 8, axis=1).repeat(size // 8, axis=2)[:, None]
+    order = np.random.default_rng(seed).permutation(len(images))
+    cut = round(len(images) * (1 - test_fraction))
+    train, test = order[:cut], order[cut:]
+    labels = bunch.target.astype(np.int64)
+    return {"x_train": images[train], "y_train": labels[train], "x_test": images[test], "y_test": labels[test]}

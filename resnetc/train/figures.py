@@ -1,0 +1,76 @@
+"""The pictures: training curves (the degradation figure) and the probe's signal against depth.
+
+matplotlib is an optional dependency (`resnetc[experiment]`); without it, asking for a figure is a
+usage error that says what to install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resnetc.errors import UsageError
+from resnetc.train.probe import Probe
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: there is no screen here or in CI
+        from matplotlib import pyplot
+    except ImportError:
+        raise UsageError("figures need matplotlib: pip install 'resnetc[experiment]'") from None
+    return pyplot
+
+
+def _style(name: str) -> str:
+    return "--" if name.startswith("plain") else "-"  # plain nets dashed, residual nets solid
+
+
+def probe_figure(probes: Sequence[Probe], path: str | Path) -> None:
+    """Gradient norm and output variance of every weighted layer against its depth, one line per model."""
+    pyplot = _pyplot()
+    figure, (gradients, signal) = pyplot.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for result in probes:
+        name = Path(result.spec).stem
+        depths = [layer.depth for layer in result.layers]
+        gradients.plot(depths, [layer.grad_norm for layer in result.layers], _style(name), label=name, lw=1.2)
+        signal.plot(depths, [layer.output_variance for layer in result.layers], _style(name), label=name, lw=1.2)
+    for axes, title in ((gradients, "‖∂loss/∂W‖ of each weighted layer"), (signal, "variance of each layer's output")):
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("depth (weighted layer, in forward order)")
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+    gradients.legend(fontsize=8, ncol=2)
+    figure.suptitle("At initialisation: one seeded batch, train mode (dashed: plain, solid: residual)")
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
+def curves_figure(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> None:
+    """Training error (and test error, where logged) per epoch, one line per model: the paper's Fig. 6."""
+    pyplot = _pyplot()
+    has_test = any(epoch.get("test_error") is not None for epochs in runs.values() for epoch in epochs)
+    figure, panels = pyplot.subplots(1, 2 if has_test else 1, figsize=(12 if has_test else 6, 4.5), squeeze=False)
+    panels = panels[0]
+    colours = {}
+    for name, epochs in runs.items():
+        depth = name.removeprefix("plain").removeprefix("resnet")
+        colour = colours.setdefault(depth, f"C{len(colours)}")  # one colour per depth, as in the paper
+        x = [epoch["epoch"] for epoch in epochs]
+        panels[0].plot(x, [100 * epoch["train_error"] for epoch in epochs], _style(name), color=colour, label=name)
+        if has_test:
+            panels[1].plot(x, [100 * epoch["test_error"] for epoch in epochs], _style(name), color=colour, label=name)
+    for axes, kind in zip(panels, ("training error", "test error"), strict=False):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(f"{kind} (%)")
+        axes.set_yscale("log")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

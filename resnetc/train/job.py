@@ -1,0 +1,146 @@
+"""One training job: a spec and a dataset in, `<stem>.safetensors` and its log (CSV and JSON) out.
+
+The weights carry the spec's state_dict keys, so `resnetc compile --weights` and `resnetc verify
+--weights` take them as they are. The logs are rewritten after every epoch (each replace atomic), so a
+long run can be watched; the weights are written with the final logs, together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from resnetc.errors import UsageError
+from resnetc.files import write_all_atomic
+from resnetc.spec.load import LoadedSpec
+from resnetc.train.data import Dataset, read_dataset
+from resnetc.train.loop import Epoch, Processes, Recipe, distribute, fit, processes
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    weights: Path
+    csv_log: Path
+    json_log: Path
+    history: list[Epoch]
+    overrides: dict[str, object]  # what compile/verify need to rebuild the trained model (--num-classes, ...)
+    where: Processes
+
+
+def _fitted(loaded: LoadedSpec, data: Dataset, num_classes: int | None, in_channels: int | None) -> LoadedSpec:
+    """The spec with the dataset's image size, and checked against the dataset's channels and labels."""
+    from resnetc.api import override
+
+    channels, height, width = data.image_shape
+    spec_channels = in_channels or loaded.spec.input[0]
+    if spec_channels != channels:
+        raise UsageError(
+            f"the dataset's images have {channels} channel(s), the spec's input {spec_channels}: "
+            f"pass --in-channels {channels}"
+        )
+    classes = num_classes or loaded.spec.num_classes
+    if classes is None:
+        raise UsageError(f"{loaded.file_name} is a backbone (no classifier): train a spec with num_classes")
+    if data.num_classes > classes:
+        raise UsageError(
+            f"the dataset's labels go up to {data.num_classes - 1}, more than the spec's {classes} classes: "
+            f"pass --num-classes {data.num_classes}"
+        )
+    return override(loaded, num_classes=num_classes, in_channels=in_channels, input_size=(height, width))
+
+
+def _csv(history: list[Epoch]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([name for name in Epoch.__dataclass_fields__])
+    for epoch in history:
+        writer.writerow(["" if value is None else value for value in asdict(epoch).values()])
+    return text.getvalue().encode()
+
+
+def train(
+    spec: str | Path | LoadedSpec,
+    data: str | Path,
+    out_dir: str | Path,
+    recipe: Recipe,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> TrainResult:
+    """Train the spec's generated module on `data` (see `resnetc.train.data`) and write the results."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from resnetc.api import build, load
+
+    loaded = spec if isinstance(spec, LoadedSpec) else load(spec)
+    dataset = read_dataset(data)
+    fitted = _fitted(loaded, dataset, num_classes, in_channels)
+    where = processes(device)
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / f"{loaded.stem}.{kind}" for kind in ("safetensors", "csv", "json")}
+    overrides = {
+        "num_classes": fitted.spec.num_classes,
+        "in_channels": fitted.spec.input[0],
+        "input_size": list(fitted.spec.input[1:]),
+    }
+    torch.manual_seed(recipe.seed)  # the generated module's He initialisation draws from torch's generator
+    module = distribute(build(fitted), where)
+
+    def summary(history: list[Epoch]) -> bytes:
+        record = {
+            "spec": loaded.file_name,
+            "spec_sha256": loaded.sha256,
+            "overrides": overrides,
+            "dataset": {
+                "file": Path(data).name,
+                "train": len(dataset.train),
+                "test": len(dataset.test) if dataset.test is not None else 0,
+                "image_shape": list(dataset.image_shape),
+                "classes": dataset.num_classes,
+                "normalisation": {"mean": dataset.mean, "std": dataset.std},
+            },
+            "recipe": asdict(recipe),
+            "processes": where.world,
+            "device": where.device.type,
+            "torch": torch.__version__,
+            "weights": paths["safetensors"].name,
+            "epochs": [asdict(epoch) for epoch in history],
+        }
+        return (json.dumps(record, indent=2) + "\n").encode()
+
+    logged: list[Epoch] = []  # the epochs so far, as the main process saw them end
+
+    def log(epoch: Epoch) -> None:
+        logged.append(epoch)
+        write_all_atomic({paths["csv"]: _csv(logged), paths["json"]: summary(logged)})
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    history = fit(module, dataset, recipe, where, progress=progress, on_epoch=log)
+    if where.main:
+        inner = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+        state = {key: value.detach().cpu().contiguous() for key, value in inner.state_dict().items()}
+        metadata = {
+            "spec": loaded.file_name,
+            "spec_sha256": loaded.sha256,
+            "epochs": str(recipe.epochs),
+            "overrides": json.dumps(overrides),
+            "normalisation": json.dumps({"mean": dataset.mean, "std": dataset.std}),
+        }
+        write_all_atomic(
+            {
+                paths["safetensors"]: safetensors_bytes(state, metadata),
+                paths["csv"]: _csv(history),
+                paths["json"]: summary(history),
+            }
+        )
+    return TrainResult(paths["safetensors"], paths["csv"], paths["json"], history, overrides, where)

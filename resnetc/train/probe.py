@@ -1,0 +1,105 @@
+"""`resnetc probe`: how the signal behaves with depth at initialisation.
+
+One seeded batch (standard normal images, uniform random labels) goes forward and backward through the
+generated module in train mode (BatchNorm normalising with the batch's statistics, as on the first step
+of training). For every weighted layer (each convolution and linear layer, in the order the forward pass
+reaches them) it records the variance of the layer's output and the norm of its weight's gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetc.errors import UsageError
+from resnetc.spec.load import LoadedSpec
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    depth: int  # 1-based position among the weighted layers, in forward order
+    name: str  # the module's state_dict prefix (`layer2.0.conv1`)
+    output_variance: float
+    grad_norm: float  # Frobenius norm of d loss / d weight
+
+
+@dataclass(frozen=True)
+class Probe:
+    spec: str  # the spec's file name
+    class_name: str
+    batch: int
+    loss: float
+    layers: list[LayerProbe]
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @property
+    def first(self) -> LayerProbe:
+        return self.layers[0]
+
+    @property
+    def last_conv(self) -> LayerProbe:
+        """The deepest layer before the classifier (the classifier's gradient is set by the loss alone)."""
+        return self.layers[-2] if len(self.layers) > 1 else self.layers[-1]
+
+
+def probe(
+    spec: str | Path | LoadedSpec, *, batch: int = 64, seed: int = 0, device: str = "cpu", **overrides: object
+) -> Probe:
+    """Forward and backward one seeded batch through the freshly initialised model."""
+    from resnetc.api import build, lower
+
+    if not 2 <= batch <= 4096:  # BatchNorm in train mode needs two samples
+        raise UsageError(f"--batch must be between 2 and 4096, got {batch}")
+    model = lower(spec, **overrides)
+    if model.num_classes is None:
+        raise UsageError(f"{model.file_name} is a backbone (no classifier): probe a spec with num_classes")
+    torch.manual_seed(seed)
+    module = build(model).to(device).train()
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn((batch, *model.input_shape), generator=generator).to(device)
+    labels = torch.randint(0, model.num_classes, (batch,), generator=generator).to(device)
+
+    weighted = {
+        module_: name for name, module_ in module.named_modules() if isinstance(module_, (nn.Conv2d, nn.Linear))
+    }
+    variances: dict[str, float] = {}  # filled in forward order
+
+    def record(layer: nn.Module, _inputs: object, output: torch.Tensor) -> None:  # None: the output stays as it is
+        variances.setdefault(weighted[layer], float(output.detach().var()))
+
+    handles = [layer.register_forward_hook(record) for layer in weighted]
+    try:
+        loss = F.cross_entropy(module(images), labels)
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    by_name = {name: layer for layer, name in weighted.items()}
+    layers = [
+        LayerProbe(depth, name, variance, float(by_name[name].weight.grad.norm()))
+        for depth, (name, variance) in enumerate(variances.items(), start=1)
+    ]
+    return Probe(model.file_name, model.class_name, batch, float(loss.detach()), layers)
+
+
+def markdown_table(probes: list[Probe]) -> str:
+    """One row per model: the gradient at the first and the last layer before the head, and the signal."""
+    rows = [
+        "| spec | weighted layers | loss at init | ‖∇W‖ first conv | ‖∇W‖ last conv | first / last "
+        "| Var(out) first conv | Var(out) last conv |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in probes:
+        first, last = result.first, result.last_conv
+        rows.append(
+            f"| {Path(result.spec).stem} | {len(result.layers)} | {result.loss:.3f} | {first.grad_norm:.3g} "
+            f"| {last.grad_norm:.3g} | {first.grad_norm / last.grad_norm:.3g} | {first.output_variance:.3g} "
+            f"| {last.output_variance:.3g} |"
+        )
+    return "\n".join(rows) + "\n"
