@@ -38,7 +38,7 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="an .npz dataset (default: scikit-learn's digits)")
     parser.add_argument("--size", type=int, default=16, help="digits: upsampled to SIZE x SIZE (default 16)")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=90)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--augment", default="crop", help="digits are not mirror-symmetric: crop only by default")
     parser.add_argument("--padding", type=int, default=2, help="crop padding (the paper: 4 of 32 pixels)")

@@ -318,7 +318,7 @@ def compile_spec(
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
-    from resnetc.files import refresh_bytecode, write_all_atomic
+    from resnetc.files import refresh_bytecode, same_content, write_all_atomic
 
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
@@ -361,8 +361,7 @@ def compile_spec(
         result.weights_origin = built.weights_origin
     changed: dict[Path, bytes] = {}
     for path, data in outputs.items():
-        current = path.read_bytes() if path.is_file() else None
-        if current == data:
+        if same_content(path, data):
             result.unchanged.append(path)
         elif check:
             result.differing.append(path)

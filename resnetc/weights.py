@@ -206,7 +206,13 @@ def match(
             if not np.all(np.isfinite(array)):
                 problems.append(f"{key} holds NaN or infinite values")
                 continue
-            result[key] = array.astype(np.float32)
+            if key.endswith(".running_var") and (array < 0).any():
+                problems.append(f"{key} holds a negative variance ({float(array.min()):.3g})")
+                continue
+            try:
+                result[key] = checked_cast(key, array, np.float32)
+            except WeightsError as error:
+                problems.append(str(error))
     if problems:
         raise WeightsError(f"{origin} do not fit the model: " + "; ".join(problems))
     return Matched(result, skipped)
@@ -216,3 +222,17 @@ def save_safetensors(weights: Weights, path: str | Path) -> None:
     from safetensors.numpy import save_file
 
     save_file({key: np.ascontiguousarray(value) for key, value in weights.items()}, str(path))
+
+
+def checked_cast(key: str, array: object, dtype: type[np.floating]) -> np.ndarray:
+    """`array` as `dtype`, refused (naming the tensor) where a value does not fit: float64's 1e300 is inf in
+    float32, and 70000 is inf in float16; a model must never carry an infinity nobody wrote."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.asarray(array, dtype=dtype)
+    if not np.all(np.isfinite(cast)):
+        wide = np.abs(np.asarray(array, dtype=np.float64))
+        largest = float(np.nanmax(wide)) if wide.size else 0.0
+        name, limit = np.dtype(dtype).name, float(np.finfo(dtype).max)
+        advice = "; compile in float32" if np.dtype(dtype) == np.float16 else ""
+        raise WeightsError(f"{key} holds {largest:.4g}, beyond {name}'s range (largest {limit:.6g}){advice}")
+    return cast

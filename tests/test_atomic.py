@@ -111,3 +111,142 @@ def test_concurrent_compiles_leave_one_complete_result(tmp_path) -> None:
     assert (out / "resnet20.py").read_text() == resnetc.to_source(SPEC)
     assert (out / "resnet20.onnx").read_bytes() == resnetc.to_onnx(SPEC).SerializeToString()
     assert _no_temporaries(out)
+
+
+# Issue 13, item 1: a compile is all or nothing, concurrent compiles take turns, stale temporaries go.
+
+
+def test_a_directory_in_the_way_writes_nothing_and_names_the_target(old_outputs, capsys) -> None:
+    (old_outputs / "resnet20.onnx").unlink()
+    (old_outputs / "resnet20.onnx").mkdir()
+    assert main(["compile", str(SPEC), "--target", "all", "--num-classes", "7", "--out", str(old_outputs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{old_outputs / 'resnet20.onnx'} is a directory" in err and ".tmp" not in err
+    assert (old_outputs / "resnet20.py").read_text() == "# the old module\n" and _no_temporaries(old_outputs)
+
+
+def _replace_failing_on(call: int, error: BaseException, monkeypatch) -> None:
+    real, calls = os.replace, []
+
+    def replace(source, target):
+        calls.append(target)
+        if len(calls) == call:
+            raise error
+        return real(source, target)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()], ids=["EIO", "SIGINT"]
+)
+def test_a_failed_second_rename_puts_the_first_file_back(error, old_outputs, monkeypatch) -> None:
+    _replace_failing_on(2, error, monkeypatch)
+    with pytest.raises(type(error)):
+        resnetc.compile_spec(SPEC, old_outputs, target="all", num_classes=7)
+    assert _unchanged(old_outputs) and _no_temporaries(old_outputs)
+
+
+def test_a_failed_second_rename_removes_a_first_file_that_was_not_there(tmp_path, monkeypatch) -> None:
+    _replace_failing_on(2, OSError(errno.EIO, "Input/output error"), monkeypatch)
+    with pytest.raises(OSError):
+        resnetc.compile_spec(SPEC, tmp_path, target="all")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [files.LOCK_NAME]
+
+
+def test_a_signal_during_the_renames_waits_until_the_pair_is_written(old_outputs, monkeypatch) -> None:
+    """SIGINT sent between the two renames arrives after both: the new pair is complete, then the interrupt."""
+    import signal
+
+    real = os.replace
+
+    def replace(source, target):
+        os.kill(os.getpid(), signal.SIGINT)  # held until the renames end
+        return real(source, target)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        resnetc.compile_spec(SPEC, old_outputs, target="all", num_classes=7)
+    assert (old_outputs / "resnet20.py").read_text() == resnetc.to_source(SPEC, num_classes=7)
+    assert (old_outputs / "resnet20.onnx").read_bytes() == resnetc.to_onnx(SPEC, num_classes=7).SerializeToString()
+    assert _no_temporaries(old_outputs)
+
+
+SIGTERM_WHILE_WRITING = """
+import os, signal, sys
+from resnetc import files
+from resnetc.cli import main
+real, calls = files._temporary_copy, []
+def copy(path, data):
+    calls.append(path)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(path, data)
+files._temporary_copy = copy
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_writing_leaves_the_old_pair_and_no_temporaries(old_outputs) -> None:
+    command = [sys.executable, "-c", SIGTERM_WHILE_WRITING, "compile", str(SPEC), "--target", "all"]
+    finished = subprocess.run(
+        [*command, "--num-classes", "7", "--out", str(old_outputs)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 143, finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert _unchanged(old_outputs) and _no_temporaries(old_outputs)
+
+
+def test_stale_temporaries_of_our_naming_are_removed(old_outputs) -> None:
+    stale = old_outputs / ".resnet20.onnx.k3j9x_2a.tmp"  # what a SIGKILLed compile leaves
+    stale.write_bytes(b"x" * 1000)
+    unrelated = old_outputs / ".notes.tmp"
+    unrelated.write_text("not ours")
+    assert main(["compile", str(SPEC), "--target", "all", "--out", str(old_outputs)]) == 0
+    assert not stale.exists() and unrelated.exists()
+
+
+def test_concurrent_compiles_of_different_class_counts_give_one_consistent_pair(tmp_path) -> None:
+    import onnx
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "resnetc", "compile", str(SPEC), "--target", "all", "--out", str(out)]
+    for _ in range(2):
+        processes = [
+            subprocess.Popen([*command, "--num-classes", str(classes)], env=env, stdout=subprocess.DEVNULL)
+            for classes in (7, 9, 7, 9)
+        ]
+        assert all(process.wait(timeout=180) == 0 for process in processes)
+        source = (out / "resnet20.py").read_text()
+        classes = onnx.load(out / "resnet20.onnx").graph.output[0].type.tensor_type.shape.dim[1].dim_value
+        assert source == resnetc.to_source(SPEC, num_classes=classes)  # the .py and .onnx of one compile
+        assert _no_temporaries(out)
+
+
+def test_outputs_follow_the_umask(tmp_path) -> None:
+    previous = os.umask(0o077)
+    try:
+        assert main(["compile", str(SPEC), "--out", str(tmp_path)]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "resnet20.py").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_output_is_compared_in_chunks_not_read_whole(tmp_path, monkeypatch) -> None:
+    assert main(["compile", str(SPEC), "--target", "all", "--out", str(tmp_path)]) == 0
+    from pathlib import Path
+
+    def refuse(self):
+        raise AssertionError(f"{self} was read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    result = resnetc.compile_spec(SPEC, tmp_path, target="all")
+    assert len(result.unchanged) == 2 and not result.written
+    big = tmp_path / "resnet20.onnx"
+    big.write_bytes(b"\0" * (3 << 20))  # another size: differs without a byte compared
+    assert files.same_content(big, b"\0" * (3 << 20)) and not files.same_content(big, b"\0" * 5)

@@ -68,3 +68,44 @@ def test_a_huge_line_is_shown_as_a_bounded_excerpt(tmp_path, capsys) -> None:
     )
     assert main(["check", str(spec)]) == 2
     assert max(len(line) for line in capsys.readouterr().err.splitlines()) < 400
+
+
+# Issue 13, item 4: no infinity written after a cast or a fold, and no negative variance accepted.
+
+
+def _seeded_state(**changes) -> dict[str, np.ndarray]:
+    import resnetc
+
+    state = {key: value.detach().numpy().astype(np.float64) for key, value in resnetc.build(SPEC).state_dict().items()}
+    state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    for key, value in changes.items():
+        state[key.replace("__", ".")] = value(state[key.replace("__", ".")])
+    return state
+
+
+def _save(tmp_path, state) -> str:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file(state, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "flags", "message"),
+    [
+        ({"fc__weight": lambda a: a * 0 + 1e300}, [], "fc.weight holds 1e+300, beyond float32's range"),
+        ({"fc__weight": lambda a: a * 0 + 7e4}, ["--dtype", "float16"], "fc.weight holds 7e+04, beyond float16's"),
+        ({"bn1__running_var": lambda a: a * 0 - 1}, [], "bn1.running_var holds a negative variance"),
+        ({"bn1__running_var": lambda a: a * 0, "bn1__weight": lambda a: a * 0 + 1e38}, ["--fold-bn"],
+         "conv1 folded with bn1: weight holds"),
+    ],
+    ids=["float64-1e300", "float16-overflow", "negative-variance", "fold-overflow"],
+)  # fmt: skip
+def test_values_that_do_not_fit_are_refused_naming_the_tensor(changes, flags, message, tmp_path, capsys) -> None:
+    weights = _save(tmp_path, _seeded_state(**changes))
+    out = tmp_path / "out"
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", weights, "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
+    assert not (out / "resnet20.onnx").exists()

@@ -17,7 +17,7 @@ from resnetc import __version__, ops
 from resnetc.errors import UsageError
 from resnetc.ir.graph import Model, Node
 from resnetc.ops.base import unsupported
-from resnetc.weights import MAX_INLINE_WEIGHT_BYTES, Weights
+from resnetc.weights import MAX_INLINE_WEIGHT_BYTES, Weights, checked_cast
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 22)
@@ -195,7 +195,7 @@ def build(
     offset = 0
     for key, shape in graph.tensors().items():
         if external is None:
-            array = np.asarray(weights[key], dtype=numpy_type)
+            array = checked_cast(key, weights[key], numpy_type)
             proto.graph.initializer.append(numpy_helper.from_array(array, name=key))
             continue
         length = math.prod(shape) * np.dtype(numpy_type).itemsize
@@ -231,7 +231,7 @@ def external_data(model: Model, weights: Weights, dtype: str) -> bytearray:
     buffer = bytearray(sum(sizes.values()))
     view, offset = memoryview(buffer), 0
     for key, size in sizes.items():
-        array = np.ascontiguousarray(weights[key], dtype=numpy_type)
+        array = np.ascontiguousarray(checked_cast(key, weights[key], numpy_type.type))
         view[offset : offset + size] = array.reshape(-1).view(np.uint8)
         offset += size
     return buffer

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from resnetc.ir.graph import Graph
-from resnetc.weights import Weights
+from resnetc.weights import Weights, checked_cast
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,15 @@ def fold_batchnorm(graph: Graph, weights: Weights) -> tuple[Graph, Weights, Fold
             nodes.append(_rewire(node, renamed))
             continue
         conv = next(n for n in nodes if n.name == source.name)
-        scale = weights[f"{node.name}.weight"] / np.sqrt(weights[f"{node.name}.running_var"] + node.attrs["eps"])
+        variance = weights[f"{node.name}.running_var"].astype(np.float64)
+        scale = weights[f"{node.name}.weight"] / np.sqrt(variance + node.attrs["eps"])
         bias = weights.get(f"{conv.name}.bias", np.zeros_like(scale))
-        new_weights[f"{conv.name}.weight"] = (weights[f"{conv.name}.weight"] * scale[:, None, None, None]).astype(
-            np.float32
-        )
-        new_weights[f"{conv.name}.bias"] = (
-            (bias - weights[f"{node.name}.running_mean"]) * scale + weights[f"{node.name}.bias"]
-        ).astype(np.float32)
+        # In float64, then checked as float32: a tiny running_var makes a scale float32 cannot hold.
+        folded_weight = weights[f"{conv.name}.weight"].astype(np.float64) * scale[:, None, None, None]
+        folded_bias = (bias - weights[f"{node.name}.running_mean"]) * scale + weights[f"{node.name}.bias"]
+        where = f"{conv.name} folded with {node.name}"
+        new_weights[f"{conv.name}.weight"] = checked_cast(f"{where}: weight", folded_weight, np.float32)
+        new_weights[f"{conv.name}.bias"] = checked_cast(f"{where}: bias", folded_bias, np.float32)
         for key in ("weight", "bias", "running_mean", "running_var"):
             del new_weights[f"{node.name}.{key}"]
         conv.attrs = {**conv.attrs, "bias": True}

@@ -67,7 +67,9 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]], path: str | Path, title
     for axes, kind in zip(panels, ("training error", "test error"), strict=False):
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"{kind} (%)")
-        axes.set_yscale("log")
+        # Errors fall from ~90% to 0: logarithmic above 0.1%, linear below, so that 0 is drawn too.
+        axes.set_yscale("symlog", linthresh=0.1)
+        axes.set_ylim(0, 100)
         axes.grid(True, which="both", alpha=0.3)
         axes.legend()
     figure.suptitle(title)

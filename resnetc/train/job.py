@@ -129,13 +129,16 @@ def train(
     if where.main:
         inner = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
         state = {key: value.detach().cpu().contiguous() for key, value in inner.state_dict().items()}
-        metadata = {
+        # One metadata key: safetensors writes its metadata map in no fixed order, and the file should
+        # be the same bytes for the same seed.
+        provenance = {
             "spec": loaded.file_name,
             "spec_sha256": loaded.sha256,
-            "epochs": str(recipe.epochs),
-            "overrides": json.dumps(overrides),
-            "normalisation": json.dumps({"mean": dataset.mean, "std": dataset.std}),
+            "epochs": recipe.epochs,
+            "overrides": overrides,
+            "normalisation": {"mean": dataset.mean, "std": dataset.std},
         }
+        metadata = {"resnetc": json.dumps(provenance, sort_keys=True)}
         write_all_atomic(
             {
                 paths["safetensors"]: safetensors_bytes(state, metadata),

@@ -89,17 +89,18 @@ def probe(
 
 
 def markdown_table(probes: list[Probe]) -> str:
-    """One row per model: the gradient at the first and the last layer before the head, and the signal."""
+    """One row per model: the gradient at the first layer and at the last before the head, their ratio, and
+    the largest output variance (in a residual net, that of the convolution reading the residual stream)."""
     rows = [
         "| spec | weighted layers | loss at init | ‖∇W‖ first conv | ‖∇W‖ last conv | first / last "
-        "| Var(out) first conv | Var(out) last conv |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| largest Var(out) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for result in probes:
         first, last = result.first, result.last_conv
+        largest = max(layer.output_variance for layer in result.layers)
         rows.append(
             f"| {Path(result.spec).stem} | {len(result.layers)} | {result.loss:.3f} | {first.grad_norm:.3g} "
-            f"| {last.grad_norm:.3g} | {first.grad_norm / last.grad_norm:.3g} | {first.output_variance:.3g} "
-            f"| {last.output_variance:.3g} |"
+            f"| {last.grad_norm:.3g} | {first.grad_norm / last.grad_norm:.3g} | {largest:.3g} |"
         )
     return "\n".join(rows) + "\n"
