@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnetc.errors import ResnetcError, SpecError
+from resnetc.errors import ResnetcError, SpecError, shown
 
 if TYPE_CHECKING:
     from resnetc.train.job import TrainResult
@@ -502,7 +502,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _report(error, getattr(args, "error_format", "text"))
         return EXIT_BAD_INPUT
     except ResnetcError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # `resnetc info ... | head`: the reader left, which is not an error
         # Before OSError, which it is a kind of. Point stdout at /dev/null so that the flush at exit
@@ -510,13 +510,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except OSError as error:
-        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(shown(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one
         print(
-            f"internal error: {type(error).__name__}: {error}\n"
+            f"internal error: {type(error).__name__}: {shown(str(error))}\n"
             "This is a bug in resnetc, not in your input; please report it with the command you ran.",
             file=sys.stderr,
         )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resnetc.errors import Diagnostic
+from resnetc.errors import Diagnostic, shown
 from resnetc.spec.yaml_source import MAX_SPEC_BYTES
 
-MAX_SHOWN = 20
+MAX_DIAGNOSTICS = 20
 EXCERPT = 120  # characters shown on each side of the column of a long source line
 
 
@@ -30,25 +30,25 @@ def format_text(diagnostics: list[Diagnostic], texts: dict[str, str] | None = No
     """`FILE:LINE:COL: error[CODE]: MESSAGE`, the source line and a caret under the column."""
     texts = {} if texts is None else texts
     blocks = []
-    for diagnostic in diagnostics[:MAX_SHOWN]:
-        block = [str(diagnostic)]
+    for diagnostic in diagnostics[:MAX_DIAGNOSTICS]:
+        block = [shown(str(diagnostic), 1000)]  # messages quote the spec: escaped and bounded
         line = _source_line(diagnostic, texts)
         number = str(diagnostic.location.line)
         if line is not None:
-            shown, column = line.expandtabs(1).replace("\r", ""), diagnostic.location.col - 1
-            if len(shown) > 2 * EXCERPT:  # a bounded excerpt around the column, never a megabyte line
+            text, column = line.expandtabs(1).replace("\r", ""), diagnostic.location.col - 1
+            if len(text) > 2 * EXCERPT:  # a bounded excerpt around the column, never a megabyte line
                 start = max(0, column - EXCERPT)
-                shown, column = (
-                    ("..." if start else "") + shown[start : column + EXCERPT] + "...",
+                text, column = (
+                    ("..." if start else "") + text[start : column + EXCERPT] + "...",
                     column - start + (3 if start else 0),
                 )
-            block.append(f" {number} | {shown}")
+            block.append(f" {number} | {shown(text, 4 * EXCERPT)}")
             block.append(f" {' ' * len(number)} | {' ' * column}^")
         if diagnostic.help:
-            block.append(f" {' ' * len(number)} = help: {diagnostic.help}")
+            block.append(f" {' ' * len(number)} = help: {shown(diagnostic.help, 1000)}")
         blocks.append("\n".join(block))
-    if len(diagnostics) > MAX_SHOWN:
-        blocks.append(f"... and {len(diagnostics) - MAX_SHOWN} more errors")
+    if len(diagnostics) > MAX_DIAGNOSTICS:
+        blocks.append(f"... and {len(diagnostics) - MAX_DIAGNOSTICS} more errors")
     return "\n".join(blocks)
 
 

@@ -113,3 +113,19 @@ def did_you_mean(name: str, choices: list[str] | set[str] | tuple[str, ...]) -> 
 
     close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+MAX_SHOWN = 4000  # characters of one message at most: a 1 MB weights key must not become a 1 MB message
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """`text` safe to print: every control or unprintable character escaped (an ANSI escape, a newline or
+    a carriage return from a file name or weights key cannot recolour the terminal or forge a line), and
+    at most `limit` characters, saying how many more there were."""
+    escaped = "".join(
+        character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
+        for character in text[: limit + 1]
+    )
+    if len(text) <= limit and len(escaped) <= limit:
+        return escaped
+    return f"{escaped[:limit]}... ({len(text) - limit:,} more characters)"

@@ -8,8 +8,9 @@
   never left beside an `.onnx` from another compile. SIGINT and SIGTERM are held while renaming and
   delivered after it, so a signal never splits a pair (the CLI turns SIGTERM into an exception, so
   that a signal while the temporaries are written removes them).
-- Writers into one folder take turns: an exclusive lock on `<folder>/.resnetc.lock` (flock, released
-  when the process ends, however it ends), so two concurrent compiles give one's complete result.
+- Writers into one folder take turns: an exclusive flock on the folder itself (no lock file is left
+  among the outputs; released when the process ends, however it ends), so two concurrent compiles give
+  one's complete result.
 - A process killed outright (SIGKILL, power loss) can leave temporaries: holding the lock, a writer
   removes those of its own targets' naming (`.<name>.<random>.tmp`) before it writes.
 
@@ -38,7 +39,6 @@ try:
 except ImportError:  # not POSIX: writers are not serialised, each write is still atomic
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".resnetc.lock"
 _HELD = (signal.SIGINT, signal.SIGTERM)
 CHUNK = 1 << 20
 
@@ -94,7 +94,7 @@ def _locked(folders: list[Path]) -> Iterator[None]:
         for folder in sorted(set(folders)):
             if fcntl is None:
                 break
-            handle = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            handle = os.open(folder, os.O_RDONLY)  # a folder can be flocked like a file
             handles.append(handle)
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield

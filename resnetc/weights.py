@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from resnetc import ops
-from resnetc.errors import WeightsError
+from resnetc.errors import WeightsError, shown
 from resnetc.ir.graph import Graph
 
 Weights = dict[str, np.ndarray]
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # a training counter, not a weight
 MAX_LISTED = 10
+MAX_NAME_SHOWN = 160  # characters of one key in a message
 # A protobuf message cannot exceed 2 GiB, and ONNX weights are written inline: room is left for the graph.
 MAX_INLINE_WEIGHT_BYTES = 2**31 - 2**26
 
@@ -81,8 +82,8 @@ def read_weights(path: str | Path) -> dict[str, object]:
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+    listed = ", ".join(shown(name, MAX_NAME_SHOWN) for name in names[:MAX_LISTED])
+    return listed + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
 # Wrappers that prefix every key: DistributedDataParallel (`module.`), training frameworks (`model.`).

@@ -109,3 +109,32 @@ def test_values_that_do_not_fit_are_refused_naming_the_tensor(changes, flags, me
     err = capsys.readouterr().err
     assert message in err and "internal error" not in err
     assert not (out / "resnet20.onnx").exists()
+
+
+# Issue 13, item 5: what we echo of a user's data is escaped and bounded.
+
+
+def test_a_weights_key_with_escapes_and_a_newline_is_shown_escaped(tmp_path, capsys) -> None:
+    state = _seeded_state()
+    state["\x1b]0;owned\x07\x1b[2J\nwrote generated/forged.py"] = np.zeros(1)
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", _save(tmp_path, state), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and err.count("\n") == 1  # one line, however the key reads
+    assert "\\x1b]0;owned\\x07" in err and "\\nwrote generated/forged.py" in err
+
+
+def test_a_megabyte_key_gives_a_bounded_message(tmp_path, capsys) -> None:
+    state = _seeded_state()
+    state["k" * 1_000_000] = np.zeros(1)
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", _save(tmp_path, state), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 5000 and "more characters" in err
+
+
+def test_shown_escapes_and_bounds() -> None:
+    from resnetc.errors import shown
+
+    assert shown("plain text") == "plain text"
+    assert shown("a\nb\x1b[31m\r") == "a\\nb\\x1b[31m\\r"
+    assert shown("x" * 50, 10) == "x" * 10 + "... (40 more characters)"
+    assert shown("ünïcode ok") == "ünïcode ok"
