@@ -14,6 +14,7 @@ Nothing here prints or exits; errors are `SpecError` (with locations) or `Weight
 from __future__ import annotations
 
 import keyword
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -144,7 +145,7 @@ def _weights(
     model: Model, weights: WeightsLike, seed: int, reinit: tuple[str, ...] = (), strip_prefix: str | None = None
 ) -> tuple[Weights, str, list[str]]:
     """The weights, where they came from, and the keys left at their seeded initialisation (`reinit`)."""
-    from resnetc.weights import initialise, match, read_weights
+    from resnetc.weights import initialise, match, read_weights, weights_budget
 
     if weights is None:
         if reinit or strip_prefix:
@@ -155,7 +156,7 @@ def _weights(
             [],
         )
     if isinstance(weights, (str, Path)):
-        arrays, origin = read_weights(weights), str(weights)
+        arrays, origin = read_weights(weights, weights_budget(model.graph)), str(weights)
     else:
         arrays, origin = dict(weights), "weights given in memory"
     matched = match(
@@ -282,8 +283,14 @@ class CompileResult:
     weights_origin: str | None = None
 
 
-# Output names that would shadow what the generated module imports.
-_SHADOWING_STEMS = {"torch", "__future__", "__init__"}
+# Output names that would shadow a module once the output folder is on sys.path: what the generated module
+# imports, the standard library (`typing`, `os`, `abc`, ...) and the packages a model's users import with it.
+_SHADOWING_STEMS = (
+    {"__future__", "__init__", "__main__"}
+    | set(sys.stdlib_module_names)
+    | {"torch", "torchvision", "numpy", "onnx", "onnxruntime", "safetensors", "yaml", "pydantic", "jinja2"}
+    | {"resnetc", "generated", "timm", "tqdm", "scipy", "sklearn", "matplotlib", "pandas", "PIL", "setuptools"}
+)
 
 
 def _module_name_problem(loaded: LoadedSpec) -> None:
@@ -294,7 +301,8 @@ def _module_name_problem(loaded: LoadedSpec) -> None:
         raise SpecError.at(
             Location(loaded.source.path, 1, 1),
             f"the spec's file name '{loaded.file_name}' must be NAME.yaml, NAME a valid Python module name "
-            "(letters, digits and _; not a keyword or 'torch'), since outputs are named after it",
+            "(letters, digits and _; not a keyword, nor a module it would shadow on sys.path such as 'torch', "
+            "'typing' or 'numpy'), since outputs are named after it",
             "E110",
         )
 
@@ -305,7 +313,7 @@ def compile_spec(
     *,
     target: str = "torch",
     weights: WeightsLike = None,
-    opset: int = 17,
+    opset: int | None = None,
     dtype: str = "float32",
     fold_bn: bool = False,
     check: bool = False,
@@ -322,6 +330,24 @@ def compile_spec(
 
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if target == "torch":  # options that only the ONNX model can take: refused, never silently ignored
+        onnx_only = {
+            "--weights": weights is not None,
+            "--opset": opset is not None,
+            "--dtype": dtype != "float32",
+            "--fold-bn": fold_bn,
+            "--reinit": bool(reinit),
+            "--strip-prefix": strip_prefix is not None,
+            "--static-shape": static_shape,
+            "--batch": batch is not None,
+            "--calibration": calibration is not None,
+        }
+        given = [flag for flag, is_given in onnx_only.items() if is_given]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the ONNX model, which "
+                "--target torch (the default) does not write: add --target onnx or --target all"
+            )
     loaded = override(spec, **overrides)  # type: ignore[arg-type]
     _module_name_problem(loaded)
     model = lower(loaded)
@@ -336,7 +362,7 @@ def compile_spec(
         built = build_onnx(
             loaded,
             weights,
-            opset=opset,
+            opset=17 if opset is None else opset,
             dtype=dtype,
             fold_bn=fold_bn,
             reinit=reinit,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnetc.errors import ResnetcError, SpecError, shown
+from resnetc.errors import ResnetcError, SpecError, UsageError, shown
 
 if TYPE_CHECKING:
     from resnetc.train.job import TrainResult
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fix the ONNX input (the spec's size, or --input-size) and write every shape concrete",
     )
     compile_.add_argument("--batch", type=int, help="with --static-shape: the fixed batch size (default 1)")
-    compile_.add_argument("--opset", type=int, default=17)
+    compile_.add_argument("--opset", type=int, help="ONNX opset, 13 to 21 (default 17)")
     compile_.add_argument(
         "--dtype",
         choices=("float32", "float16", "int8"),
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
     run.add_argument("model", metavar="MODEL.onnx")
     run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")
-    run.add_argument("--batch", type=int, default=1)
+    run.add_argument("--batch", type=int, help="images in the seeded batch (default 1; not with --input)")
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
     run.add_argument("--no-tf32", action="store_true", help="CUDA: no TF32 in fp32 convolutions (exact fp32)")
@@ -200,8 +200,17 @@ def _for_each_spec(args: argparse.Namespace, action: Callable[[str], int]) -> in
     return status
 
 
+def _refuse_empty_out(args: argparse.Namespace) -> None:
+    if not args.out.strip():
+        raise UsageError("--out is empty: give a folder ('.' for the current one)")
+
+
 def _compile(args: argparse.Namespace) -> int:
     from resnetc.api import compile_spec
+
+    _refuse_empty_out(args)
+    if not args.check:
+        _refuse_shared_stems(args.specs)
 
     def one(spec: str) -> int:
         result = compile_spec(
@@ -259,6 +268,8 @@ def _info(args: argparse.Namespace) -> int:
     from resnetc.api import info
     from resnetc.ir.analysis import format_family_table, format_table
 
+    if args.json and args.table:
+        raise UsageError("--json and --table are two layouts of one output: choose one")
     summaries = []
 
     def one(spec: str) -> int:
@@ -279,12 +290,16 @@ def _run(args: argparse.Namespace) -> int:
     from resnetc.runtime.inputs import make_batch, model_source, top_k
     from resnetc.runtime.session import create_session, infer, median_latency
 
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.input is not None and args.batch is not None:
+        raise UsageError("--batch sizes the seeded batch; with --input the array's first axis is the batch")
     model = model_source(Path(args.model))
     session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
-    batch = make_batch(session, args.input, args.batch)
+    batch = make_batch(session, args.input, 1 if args.batch is None else args.batch)
     results = session.run(None, {session.get_inputs()[0].name: batch})
     logits = infer(session, batch)
-    latency = median_latency(session, batch, repeats=max(1, args.repeats))
+    latency = median_latency(session, batch, repeats=args.repeats)
     print(f"model: {args.model}")
     print(f"provider: {session.get_providers()[0]}")
     if len(results) == 1 and logits.ndim == 2:
@@ -295,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{out.name} {list(value.shape)}" for out, value in zip(session.get_outputs(), results, strict=True)
         )
         print(f"input: {list(batch.shape)} -> outputs: {outputs}")
-    print(f"median latency: {latency * 1e3:.2f} ms over {max(1, args.repeats)} runs (batch {batch.shape[0]})")
+    print(f"median latency: {latency * 1e3:.2f} ms over {args.repeats} runs (batch {batch.shape[0]})")
     return EXIT_OK
 
 
@@ -315,6 +330,7 @@ def _train(args: argparse.Namespace) -> int:
         crop_padding=args.crop_padding,
         seed=args.seed,
     )
+    _refuse_empty_out(args)
     _refuse_shared_stems(args.specs)
 
     def one(spec: str) -> int:
@@ -365,8 +381,6 @@ def _refuse_shared_stems(specs: list[str]) -> None:
     for spec in specs:
         stem = Path(spec).stem
         if stem in seen:
-            from resnetc.errors import UsageError
-
             raise UsageError(f"{seen[stem]} and {spec} would both write {stem}.*: give them different names")
         seen[stem] = spec
 
@@ -375,8 +389,6 @@ def _probe(args: argparse.Namespace) -> int:
     from resnetc.train.probe import markdown_table, probe
 
     if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
-        from resnetc.errors import UsageError
-
         raise UsageError(f"--plot writes a PNG: give a name ending in .png, not {args.plot!r}")
     probes = []
 

@@ -77,12 +77,12 @@ def verify(
 
     import resnetc
     from resnetc.runtime import BoundRunner, create_session
-    from resnetc.weights import match, read_weights
+    from resnetc.weights import match, read_weights, weights_budget
 
     ir = resnetc.lower(spec, **overrides)
     model = resnetc.build(ir)  # the lowered model: the spec is read and checked once
     if weights is not None:
-        arrays = match(ir.graph, read_weights(weights), f"weights in {weights}").arrays
+        arrays = match(ir.graph, read_weights(weights, weights_budget(ir.graph)), f"weights in {weights}").arrays
         model.load_state_dict({key: torch.from_numpy(value) for key, value in arrays.items()}, strict=False)
         origin = str(weights)
     else:

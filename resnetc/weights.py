@@ -1,12 +1,12 @@
 """Weights as named numpy arrays: read from state_dict or safetensors files, or seeded.
 
-Names are PyTorch state_dict keys, so one file serves both backends. safetensors files are
-read with safetensors' numpy API; torch is imported only to read a `.pt`/`.pth` file.
+Names are PyTorch state_dict keys, so one file serves both backends. Reading the files (checked
+before their data is allocated) is `resnetc.weight_files`'s job; torch is imported only for a `.pt`.
 """
 
 from __future__ import annotations
 
-import zipfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import numpy as np
 from resnetc import ops
 from resnetc.errors import WeightsError, shown
 from resnetc.ir.graph import Graph
+from resnetc.weight_files import read_weights  # noqa: F401 - re-exported: `from resnetc.weights import read_weights`
 
 Weights = dict[str, np.ndarray]
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # a training counter, not a weight
@@ -36,49 +37,10 @@ def initialise(graph: Graph, seed: int = 0) -> Weights:
     return weights
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception's message, first line, bounded; `(no message)` for an empty one (an empty .pt file)."""
-    lines = str(error).splitlines()
-    return lines[0][:200] if lines and lines[0] else "no message: an empty or truncated file?"
-
-
-def _read_torch(path: Path) -> dict[str, object]:
-    import torch  # only here: the ONNX path with safetensors never imports torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
-        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
-    except Exception as error:  # noqa: BLE001 - torch's unpickler raises its own types for non-state_dict pickles
-        raise WeightsError(f"{path}: not a plain state_dict ({type(error).__name__}: {_first_line(error)})") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: holds a {type(data).__name__}, not a state_dict (a mapping of names to tensors)")
-    result: dict[str, object] = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{path}: entry {key!r} is not a tensor; a state_dict maps names to tensors")
-        result[key] = value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
-    return result
-
-
-def _read_safetensors(path: Path) -> dict[str, object]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"{path}: cannot read as safetensors ({error})") from None
-
-
-def read_weights(path: str | Path) -> dict[str, object]:
-    """Named arrays from a `.safetensors` file or a torch.save'd state_dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_torch(path)
+def weights_budget(graph: Graph) -> int:
+    """The most bytes of tensors a weights file for `graph` may declare before it is read: every tensor in
+    float64 four times over (a bigger head left behind by --reinit, a few extra buffers), plus 64 MiB."""
+    return 32 * sum(math.prod(shape) for shape in graph.tensors().values()) + 64 * 2**20
 
 
 def _listing(names: list[str]) -> str:

@@ -1,6 +1,8 @@
-"""Bad input beyond the spec file gives exit 2 with a reason, never an internal error (issue 13, in part)."""
+"""Bad input beyond the spec file gives exit 2 with a reason, never an internal error (issue 13)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -53,7 +55,7 @@ def test_an_empty_pt_file_is_a_bad_weights_file(tmp_path, capsys) -> None:
     empty.write_bytes(b"")
     assert main(["compile", SPEC, "--target", "onnx", "--weights", str(empty), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "empty or truncated" in err and "internal error" not in err
+    assert "the file is empty" in err and "internal error" not in err
 
 
 def test_an_endless_spec_file_is_refused_after_the_cap(capsys) -> None:
@@ -138,3 +140,174 @@ def test_shown_escapes_and_bounds() -> None:
     assert shown("a\nb\x1b[31m\r") == "a\\nb\\x1b[31m\\r"
     assert shown("x" * 50, 10) == "x" * 10 + "... (40 more characters)"
     assert shown("ünïcode ok") == "ünïcode ok"
+
+
+# Issue 13, item 6: an option that cannot take effect is refused, never silently ignored.
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--weights", "missing.pt"], ["--opset", "13"], ["--dtype", "float16"], ["--fold-bn"], ["--reinit", "fc"],
+     ["--strip-prefix", "module."], ["--static-shape"], ["--calibration", "x.npy"]],
+    ids=lambda flags: flags[0],
+)  # fmt: skip
+def test_onnx_options_with_target_torch_are_refused(flags, tmp_path, capsys) -> None:
+    assert main(["compile", SPEC, "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]} applies to the ONNX model" in err and "--target onnx" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["info", SPEC, "--json", "--table"], "choose one"),
+        (["compile", SPEC, "--out", ""], "--out is empty"),
+        (["train", SPEC, "--data", "x.npz", "--epochs", "1", "--out", " "], "--out is empty"),
+        (["compile", SPEC, str(ROOT / "specs" / ".." / "specs" / "resnet20.yaml")], "would both write resnet20.*"),
+    ],
+    ids=["info-json-table", "compile-out-empty", "train-out-empty", "same-stem"],
+)
+def test_contradictory_or_empty_options_are_refused(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--repeats", "0"], "--repeats must be at least 1"), (["--batch", "2", "--input", "x.npy"], "with --input")],
+    ids=["repeats-0", "batch-with-input"],
+)
+def test_run_options_that_cannot_take_effect(model, flags, message, capsys) -> None:
+    assert main(["run", model, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stem", ["typing", "os", "sys", "abc", "numpy", "resnetc", "torch", "json"])
+def test_stems_that_shadow_modules_are_refused_with_e110(stem, tmp_path, capsys) -> None:
+    spec = tmp_path / f"{stem}.yaml"
+    spec.write_text((ROOT / "specs" / "resnet20.yaml").read_text())
+    assert main(["compile", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "E110" in err and "shadow" in err
+    assert not (tmp_path / "out").exists()
+
+
+# Issue 13, items 2, 3 and 7: weights files of every kind, told apart by content, checked before reading.
+
+
+def _torch_state(**changes):
+
+    import resnetc
+
+    state = resnetc.build(SPEC).state_dict()
+    for key, change in changes.items():
+        state[key.replace("__", ".")] = change(state[key.replace("__", ".")])
+    return state
+
+
+def _torch_file(tmp_path, state, name="weights.pt") -> str:
+    import torch
+
+    torch.save(state, tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.to_sparse(), "fc.weight is a sparse tensor"),
+        (lambda t: t.to("meta"), "fc.weight is a meta tensor"),
+        (lambda t: __import__("torch").quantize_per_tensor(t, 0.1, 0, __import__("torch").qint8), "is a quantized"),
+        (lambda t: t.to(__import__("torch").complex64), "fc.weight is complex"),
+    ],
+    ids=["sparse", "meta", "quantized", "complex"],
+)
+def test_tensors_that_are_not_dense_and_real_are_refused(change, message, tmp_path, capsys) -> None:
+    weights = _torch_file(tmp_path, _torch_state(fc__weight=change))
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", weights, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err and "weights_only=False" not in err
+
+
+def _reference_logits(weights: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    import resnetc
+
+    session = ort.InferenceSession(
+        resnetc.to_onnx(SPEC, weights).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"input": np.ones((1, 3, 32, 32), np.float32)})[0]
+
+
+def _safetensors_file(tmp_path, state, name="weights.safetensors") -> str:
+    from safetensors.torch import save_file
+
+    save_file({key: value.contiguous() for key, value in state.items()}, str(tmp_path / name))
+    return str(tmp_path / name)
+
+
+def test_bfloat16_and_float8_are_read_from_safetensors_as_from_pt(tmp_path) -> None:
+    import torch
+
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+        state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in _torch_state().items()}
+        from_pt = _reference_logits(_torch_file(tmp_path, state))
+        from_safetensors = _reference_logits(_safetensors_file(tmp_path, state))
+        np.testing.assert_array_equal(from_pt, from_safetensors)
+
+
+def test_float4_safetensors_are_refused_naming_the_dtype(tmp_path, capsys) -> None:
+    import json
+    import struct
+
+    header = json.dumps({"fc.weight": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}).encode()
+    path = tmp_path / "f4.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0")
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "fc.weight has dtype F4, which resnetc does not read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["WEIGHTS.SAFETENSORS", "weights", "weights.bin"])
+def test_safetensors_are_recognised_by_content_not_suffix(name, tmp_path) -> None:
+    state = _torch_state()
+    path = _safetensors_file(tmp_path, state, name)
+    np.testing.assert_array_equal(_reference_logits(path), _reference_logits(_torch_file(tmp_path, state)))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.mkdir() or p, "is a directory, not a weights file"),
+        (lambda p: os.mkfifo(p) or p, "is not a regular file"),
+        (lambda p: "/dev/zero", "is not a regular file"),
+        (lambda p: (p.write_bytes(b"hello, not weights"), p)[1], "not a weights file"),
+    ],
+    ids=["directory", "fifo", "dev-zero", "text"],
+)
+def test_weights_paths_that_are_not_files_say_what_they_are(make, message, tmp_path, capsys) -> None:
+    path = make(tmp_path / "weights.pt")
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "no such" not in err
+
+
+def test_a_small_pt_declaring_a_huge_tensor_is_refused_before_loading(tmp_path, capsys) -> None:
+    """300 MiB of zeros, deflated into a few hundred KB: the declared size is checked, nothing is inflated."""
+    import resource
+    import zipfile
+
+    small = _torch_file(tmp_path, _torch_state(), "small.pt")
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(small) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member.filename))
+        with target.open("weights/data/999", "w") as stream:
+            for _ in range(300):
+                stream.write(bytes(2**20))
+    assert bomb.stat().st_size < 2 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(bomb), "--out", str(tmp_path / "o")]) == 2
+    assert "MiB of tensors, more than this model could use" in capsys.readouterr().err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing inflated
