@@ -7,6 +7,7 @@ The only module that prints or exits. Exit codes: 0 success, 1 a check found a d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -287,19 +288,29 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from resnetc.runtime.inputs import make_batch, model_source, top_k
+    from resnetc.runtime.inputs import check_signature, make_batch, model_source, ort_failure, top_k
     from resnetc.runtime.session import create_session, infer, median_latency
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     if args.input is not None and args.batch is not None:
         raise UsageError("--batch sizes the seeded batch; with --input the array's first axis is the batch")
-    model = model_source(Path(args.model))
-    session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
+    path = Path(args.model)
+    model = model_source(path)
+    try:
+        session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
+    except ResnetcError:
+        raise
+    except Exception as error:  # noqa: BLE001 - onnxruntime's refusals (unknown op, opset, graph) have many types
+        raise ort_failure(path, "load", error) from None
+    check_signature(session, path)
     batch = make_batch(session, args.input, 1 if args.batch is None else args.batch)
-    results = session.run(None, {session.get_inputs()[0].name: batch})
-    logits = infer(session, batch)
-    latency = median_latency(session, batch, repeats=args.repeats)
+    try:
+        results = session.run(None, {session.get_inputs()[0].name: batch})
+        logits = infer(session, batch)
+        latency = median_latency(session, batch, repeats=args.repeats)
+    except Exception as error:  # noqa: BLE001 - a model that loads and fails on a well-formed input
+        raise ort_failure(path, "run", error) from None
     print(f"model: {args.model}")
     print(f"provider: {session.get_providers()[0]}")
     if len(results) == 1 and logits.ndim == 2:
@@ -493,7 +504,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _tolerant_streams() -> None:
+    """Non-ASCII paths and names print on any terminal (`PYTHONIOENCODING=ascii`): escaped, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_streams()
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -7,13 +7,14 @@ before their data is allocated) is `resnetc.weight_files`'s job; torch is import
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from resnetc import ops
-from resnetc.errors import WeightsError, shown
+from resnetc.errors import UsageError, WeightsError, shown
 from resnetc.ir.graph import Graph
 from resnetc.weight_files import read_weights  # noqa: F401 - re-exported: `from resnetc.weights import read_weights`
 
@@ -35,6 +36,32 @@ def initialise(graph: Graph, seed: int = 0) -> Weights:
         for key, shape in {**node.params, **node.buffers}.items():
             weights[f"{node.name}.{key}"] = op.initial(key, shape, node.params, rng)
     return weights
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable), or its physical memory where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: no limit but the allocator's
+
+
+def refuse_unallocatable(graph: Graph, copies: float, doing: str) -> None:
+    """Say what the weights cost before allocating them, where this machine cannot hold `copies` of them."""
+    needed = int(4 * copies * sum(math.prod(shape) for shape in graph.tensors().values()))
+    available = available_memory()
+    if needed > available:
+        raise UsageError(
+            f"{doing} needs about {needed / 2**30:,.1f} GiB for its float32 weights ({copies:g} copies), "
+            f"more than the {available / 2**30:,.1f} GiB this machine has free: nothing was allocated"
+        )
 
 
 def weights_budget(graph: Graph) -> int:

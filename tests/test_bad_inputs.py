@@ -311,3 +311,109 @@ def test_a_small_pt_declaring_a_huge_tensor_is_refused_before_loading(tmp_path, 
     assert main(["compile", SPEC, "--target", "onnx", "--weights", str(bomb), "--out", str(tmp_path / "o")]) == 2
     assert "MiB of tensors, more than this model could use" in capsys.readouterr().err
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing inflated
+
+
+# Issue 13, item 2: every model onnxruntime refuses, or run cannot feed, is exit 2 with the reason.
+
+
+def _onnx_model(path, nodes, inputs, outputs, opset=17, meta=None, initializers=()):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    if meta:
+        helper.set_model_props(model, meta)
+    onnx.save(model, path)
+    return str(path)
+
+
+def _bad_models():
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 192])
+    flatten = helper.make_node("Flatten", ["input"], ["logits"])
+    other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N", 3, 8, 8])
+    integers = helper.make_tensor_value_info("input", TensorProto.INT64, ["N", 3, 8, 8])
+    vector = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 10])
+    flat_output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["K"])
+    zero = helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+    squeeze = [
+        helper.make_node("Flatten", ["input"], ["f"], axis=0),
+        helper.make_node("Squeeze", ["f", "zero"], ["logits"]),
+    ]
+    cast = [
+        helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["f"], ["logits"]),
+    ]
+    add = [helper.make_node("Add", ["input", "other"], ["s"]), helper.make_node("Flatten", ["s"], ["logits"])]
+    foo = [helper.make_node("FooBar", ["input"], ["logits"])]
+    identity = [helper.make_node("Identity", ["input"], ["logits"])]
+
+    def meta(shape: str) -> dict:
+        return {"meta": {"resnetc.input_shape": shape}}
+
+    return {
+        "unknown-op": ((foo, [image], [logits]), {}, "No Op registered for FooBar"),
+        "opset-99": (([flatten], [image], [logits]), {"opset": 99}, "onnxruntime cannot load this model"),
+        "two-inputs": ((add, [image, other], [logits]), {}, "takes 2 inputs (input, other)"),
+        "int64-input": ((cast, [integers], [logits]), {}, "input is tensor(int64) of rank 4"),
+        "rank-2-input": ((identity, [vector], [logits]), {}, "of rank 2"),
+        "1-d-output": ((squeeze, [image], [flat_output]), {"initializers": [zero]}, "tensor(float) of rank 1"),
+        "negative-metadata": (([flatten], [image], [logits]), meta("-3,8,8"), "is not C,H,W"),
+        "huge-metadata": (([flatten], [image], [logits]), meta("3,100000,100000"), "1 to 65536"),
+        "lying-metadata": (([flatten], [image], [logits]), meta("4,8,8"), "contradicts"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_bad_models()))
+def test_models_run_cannot_take_are_refused(case, tmp_path, capsys) -> None:
+    (nodes, inputs, outputs), options, message = _bad_models()[case]
+    path = _onnx_model(tmp_path / "model.onnx", nodes, inputs, outputs, **options)
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_model_and_input_paths_that_are_not_files_say_so(kind, model, tmp_path, capsys) -> None:
+    path = tmp_path / "thing"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    assert main(["run", str(path)]) == 2
+    assert main(["run", model, "--input", str(path)]) == 2  # a FIFO is refused, never read (it would hang)
+    err = capsys.readouterr().err
+    assert err.count("is not a regular file") == 2 and "no such" not in err
+
+
+def test_weights_this_machine_cannot_hold_are_refused_with_their_cost(tmp_path, monkeypatch, capsys) -> None:
+    import resnetc
+    from resnetc import weights
+    from resnetc.errors import UsageError
+
+    monkeypatch.setattr(weights, "available_memory", lambda: 80 * 2**20)  # a machine with 80 MiB free
+    spec = str(ROOT / "specs" / "resnet50.yaml")  # 25.6M parameters: 98 MiB of float32, twice for ONNX
+    assert main(["compile", spec, "--target", "onnx", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "needs about 0.2 GiB for its float32 weights (2 copies), more than the 0.1 GiB" in err
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(UsageError, match=r"building the PyTorch model needs about 0\.1 GiB"):
+        resnetc.build(spec)
+
+
+def test_non_ascii_paths_on_an_ascii_terminal(tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "réseau"
+    folder.mkdir()
+    shutil.copy(SPEC, folder / "net.yaml")
+    environment = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(ROOT)}
+    for argv in (["check", str(folder / "net.yaml")], ["compile", str(folder / "net.yaml"), "--out", str(folder)]):
+        finished = subprocess.run([sys.executable, "-m", "resnetc", *argv], env=environment, capture_output=True)
+        assert finished.returncode == 0, finished.stderr
+        assert b"r\\xe9seau" in finished.stdout
+    missing = subprocess.run([sys.executable, "-m", "resnetc", "check", str(folder / "gone.yaml")], env=environment,
+                             capture_output=True)  # fmt: skip
+    assert missing.returncode == 2 and b"internal error" not in missing.stderr

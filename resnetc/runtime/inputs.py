@@ -8,15 +8,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from resnetc.errors import UsageError
+from resnetc.errors import UsageError, shown
 
 DEFAULT_SIZE = 224
 
 
 def _read_model(path: Path) -> tuple[bytes, onnx.ModelProto]:
     """The bytes of an ONNX model file and its graph; UsageError when it is missing, empty or not ONNX."""
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such model file")
+    if not path.is_file():
+        raise UsageError(f"{path}: is not a regular file (a directory, FIFO or device?); give an .onnx model")
     data = path.read_bytes()
     if not data:
         raise UsageError(f"{path}: the file is empty")
@@ -51,12 +53,56 @@ def model_source(path: Path) -> bytes | str:
 
 
 def _spec_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
+    """The spec's input (C, H, W) that resnetc recorded in the metadata; checked, since a file can lie."""
     recorded = session.get_modelmeta().custom_metadata_map.get("resnetc.input_shape")
-    try:
-        channels, height, width = (int(part) for part in recorded.split(",")) if recorded else (0, 0, 0)
-    except ValueError:
+    if recorded is None:
         return None
-    return (channels, height, width) if channels else None
+    parts = recorded.split(",")
+    if len(parts) != 3 or not all(part.strip().isdigit() and 0 < int(part) <= 65536 for part in parts):
+        raise UsageError(
+            f"the model's resnetc.input_shape metadata {shown(recorded, 40)!r} is not C,H,W "
+            "(three integers from 1 to 65536): the file was changed after resnetc wrote it"
+        )
+    channels, height, width = (int(part) for part in parts)
+    declared = session.get_inputs()[0].shape[1:]
+    for axis, (recorded_size, want) in enumerate(zip((channels, height, width), declared, strict=True), start=1):
+        if isinstance(want, int) and recorded_size != want:
+            raise UsageError(
+                f"the model's resnetc.input_shape metadata ({recorded}) contradicts its input's axis {axis} ({want})"
+            )
+    return channels, height, width
+
+
+_FLOAT = "tensor(float)"
+
+
+def check_signature(session: ort.InferenceSession, path: Path) -> None:
+    """What `run` can feed and read: one float input (N, C, H, W), and float outputs that are logits
+    (N, classes) or a backbone's features (N, C, H, W)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        names = ", ".join(shown(item.name, 40) for item in inputs[:5])
+        raise UsageError(
+            f"{path}: the model takes {len(inputs)} inputs ({names}); resnetc runs models of one image input"
+        )
+    declared = inputs[0]
+    if declared.type != _FLOAT or len(declared.shape) != 4:
+        raise UsageError(
+            f"{path}: the model's input is {declared.type} of rank {len(declared.shape)}; "
+            "resnetc runs models of one float32 (N, C, H, W) input"
+        )
+    for output in outputs:
+        if output.type != _FLOAT or len(output.shape) not in (2, 4):
+            raise UsageError(
+                f"{path}: output {shown(output.name, 40)} is {output.type} of rank {len(output.shape)}; resnetc "
+                "reads float32 logits (N, classes) or features (N, C, H, W)"
+            )
+
+
+def ort_failure(path: Path, doing: str, error: Exception) -> UsageError:
+    """onnxruntime's refusal of a model file, as the file's fault, in a line."""
+    lines = str(error).splitlines() or [type(error).__name__]
+    return UsageError(f"{path}: onnxruntime cannot {doing} this model ({shown(lines[0], 300)})")
 
 
 MAX_INPUT_BYTES = 4 * 2**30  # what `run` allocates for an input batch at most: an honest limit, said up front
@@ -97,8 +143,10 @@ def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int
 
 def _read_input(path: Path) -> np.ndarray:
     """A plain .npy array: its header is read and checked against the file's size before any data is."""
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such input file")
+    if not path.is_file():
+        raise UsageError(f"{path}: is not a regular file (a directory, FIFO or device?); give an .npy array")
     try:
         with path.open("rb") as handle:
             version = np.lib.format.read_magic(handle)
