@@ -86,12 +86,14 @@ def _too_big(path: Path, declared: int, budget: int | None) -> None:
 
 
 def _read_torch(path: Path, budget: int | None) -> dict[str, object]:
-    if zipfile.is_zipfile(path):  # the declared (uncompressed) sizes of the tensors, before reading any
-        try:
-            with zipfile.ZipFile(path) as archive:
-                declared = sum(member.file_size for member in archive.infolist() if "/data/" in member.filename)
-        except (zipfile.BadZipFile, OSError, ValueError) as error:
-            raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
+    try:  # the declared (uncompressed) sizes of the tensors, before reading any
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist() if "/data/" in member.filename)
+    except zipfile.BadZipFile:
+        declared = None  # not a zip: torch's legacy format
+    except Exception as error:  # noqa: BLE001 - zipfile raises many types for hostile bytes (NotImplementedError, ...)
+        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
+    if declared is not None:
         _too_big(path, declared, budget)
     else:  # the legacy format declares nothing up front: its size bounds what it can hold
         _too_big(path, path.stat().st_size, None if budget is None else 2 * budget)

@@ -417,3 +417,33 @@ def test_non_ascii_paths_on_an_ascii_terminal(tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "resnetc", "check", str(folder / "gone.yaml")], env=environment,
                              capture_output=True)  # fmt: skip
     assert missing.returncode == 2 and b"internal error" not in missing.stderr
+
+
+# Found by tests/test_fuzz.py: each was an internal error.
+
+
+def test_a_model_whose_metadata_is_not_utf8_is_refused(model, tmp_path, capsys) -> None:
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(model)
+    helper.set_model_props(proto, {"resnetc.input_shape": "XYZ"})
+    data = proto.SerializeToString()
+    at = data.find(b"XYZ")
+    (tmp_path / "model.onnx").write_bytes(data[:at] + b"\xe6\x00Z" + data[at + 3 :])
+    assert main(["run", str(tmp_path / "model.onnx")]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_zip_of_an_unknown_version_is_a_bad_weights_file(tmp_path, capsys) -> None:
+    import torch
+
+    import resnetc
+
+    torch.save(resnetc.build(SPEC).state_dict(), tmp_path / "w.pt")
+    data = bytearray((tmp_path / "w.pt").read_bytes())
+    central = data.rfind(b"PK\x01\x02")  # the last central directory entry: "version needed to extract" 8.0
+    data[central + 6 : central + 8] = (80).to_bytes(2, "little")
+    (tmp_path / "w.pt").write_bytes(bytes(data))
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path)]) == 2
+    assert "internal error" not in capsys.readouterr().err

@@ -28,7 +28,22 @@ def _read_model(path: Path) -> tuple[bytes, onnx.ModelProto]:
         raise UsageError(f"{path}: not an ONNX model ({type(error).__name__})") from None
     if not proto.graph.node or not proto.graph.input:
         raise UsageError(f"{path}: not an ONNX model (no graph)")
+    if not _all_text_is_utf8(proto):  # onnxruntime would fail on them deep inside (UnicodeDecodeError)
+        raise UsageError(f"{path}: not a valid ONNX model (names or metadata that are not UTF-8 text)")
     return data, proto
+
+
+def _all_text_is_utf8(message: object) -> bool:
+    """Whether every string field is text: protobuf hands a proto2 string holding invalid UTF-8 over as bytes."""
+    for descriptor, value in message.ListFields():  # type: ignore[attr-defined]
+        repeated = getattr(descriptor, "is_repeated", None)  # protobuf 6+; `label` before
+        repeated = descriptor.label == descriptor.LABEL_REPEATED if repeated is None else repeated
+        values = value if repeated else [value]
+        if descriptor.type == descriptor.TYPE_STRING and any(isinstance(item, bytes) for item in values):
+            return False
+        if descriptor.type == descriptor.TYPE_MESSAGE and not all(_all_text_is_utf8(item) for item in values):
+            return False
+    return True
 
 
 def model_source(path: Path) -> bytes | str:
