@@ -232,12 +232,12 @@ def _compile(args: argparse.Namespace) -> int:
         )
         if args.check:
             for path in result.differing:
-                print(f"{path}: differs from what {spec} gives")
+                print(f"{shown(str(path))}: differs from what {shown(spec)} gives")
             return EXIT_DIFFERENT if result.differing else EXIT_OK
         for path in sorted(result.written + result.unchanged, key=str):
-            print(f"{'wrote' if path in result.written else 'unchanged'} {path}")
+            print(f"{'wrote' if path in result.written else 'unchanged'} {shown(str(path))}")
         if result.weights_origin is not None:
-            print(f"  weights: {result.weights_origin}")
+            print(f"  weights: {shown(result.weights_origin)}")
         return EXIT_OK
 
     return _for_each_spec(args, one)
@@ -250,7 +250,7 @@ def _check(args: argparse.Namespace) -> int:
         summary = info(spec, **_overrides(args))
         output = "x".join(map(str, summary.output))
         print(
-            f"{spec}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
+            f"{shown(spec)}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
             f"{summary.macs / 1e9:.3f} GMACs, output {output}"
         )
         from resnetc.weights import MAX_INLINE_WEIGHT_BYTES
@@ -311,14 +311,15 @@ def _run(args: argparse.Namespace) -> int:
         latency = median_latency(session, batch, repeats=args.repeats)
     except Exception as error:  # noqa: BLE001 - a model that loads and fails on a well-formed input
         raise ort_failure(path, "run", error) from None
-    print(f"model: {args.model}")
+    print(f"model: {shown(args.model)}")
     print(f"provider: {session.get_providers()[0]}")
     if len(results) == 1 and logits.ndim == 2:
         print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
         print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
     else:  # a backbone: one output per feature
         outputs = ", ".join(
-            f"{out.name} {list(value.shape)}" for out, value in zip(session.get_outputs(), results, strict=True)
+            f"{shown(out.name, 80)} {list(value.shape)}"
+            for out, value in zip(session.get_outputs(), results, strict=True)
         )
         print(f"input: {list(batch.shape)} -> outputs: {outputs}")
     print(f"median latency: {latency * 1e3:.2f} ms over {args.repeats} runs (batch {batch.shape[0]})")
@@ -364,10 +365,12 @@ def _train(args: argparse.Namespace) -> int:
             on_epoch=report,
         )
         if result.where.main:
-            print(f"{spec}: {result.where.world} process(es) on {result.where.device.type}")
+            print(f"{shown(spec)}: {result.where.world} process(es) on {result.where.device.type}")
             for path in (result.weights, result.csv_log, result.json_log):
-                print(f"wrote {path}")
-            print(f"  compile it: resnetc compile {spec} --target onnx --weights {result.weights}{_flags(result)}")
+                print(f"wrote {shown(str(path))}")
+            print(
+                shown(f"  compile it: resnetc compile {spec} --target onnx --weights {result.weights}{_flags(result)}")
+            )
         return EXIT_OK
 
     return _for_each_spec(args, one)
@@ -409,7 +412,7 @@ def _probe(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.as_json()))
         elif args.layers:
-            print(f"{spec}: loss at init {result.loss:.4f}, batch {result.batch}")
+            print(f"{shown(spec)}: loss at init {result.loss:.4f}, batch {result.batch}")
             for layer in result.layers:
                 print(
                     f"  {layer.depth:>5} {layer.name:<28} grad {layer.grad_norm:10.4g}"
@@ -424,7 +427,7 @@ def _probe(args: argparse.Namespace) -> int:
         from resnetc.train.figures import probe_figure
 
         probe_figure(probes, args.plot)
-        print(f"wrote {args.plot}")
+        print(f"wrote {shown(args.plot)}")
     return status
 
 
@@ -434,8 +437,9 @@ def _verify(args: argparse.Namespace) -> int:
     def one(spec: str) -> int:
         result = verify(spec, args.weights, args.provider, args.batch, **_overrides(args))
         shape = "x".join(map(str, result.batch_shape))
-        print(f"{spec}: PyTorch ({result.torch_device}) vs onnxruntime ({', '.join(result.providers)}), batch {shape}")
-        print(f"  weights: {result.weights}")
+        providers = ", ".join(result.providers)
+        print(f"{shown(spec)}: PyTorch ({result.torch_device}) vs onnxruntime ({providers}), batch {shape}")
+        print(f"  weights: {shown(result.weights)}")
         print(f"  max |diff| {result.max_abs:.3g} (output scale {result.scale:.3g}), max relative {result.max_rel:.3g}")
         print(f"  top-1 agreement: {result.top1_agree}/{result.batch}")
         verdict = "within" if result.within else "OUTSIDE"
