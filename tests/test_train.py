@@ -4,6 +4,7 @@ that compile and verify, and learning on a real dataset (scikit-learn's digits).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ def test_schedule_is_the_papers() -> None:
     recipe = Recipe(epochs=8)  # divided by 10 after half and three quarters of the epochs
     assert [recipe.lr_at(epoch) for epoch in range(8)] == [0.1] * 4 + [0.01] * 2 + [0.001] * 2
     assert Recipe(epochs=4, warmup_epochs=1).lr_at(0) == 0.01
+    assert Recipe(epochs=1).lr_at(0) == 0.1  # a one-epoch run is not decayed before it starts
     assert (recipe.momentum, recipe.weight_decay, recipe.batch_size) == (0.9, 1e-4, 128)
     assert recipe.augment == ("crop", "flip") and recipe.crop_padding == 4
 
@@ -204,7 +206,7 @@ def _free_port() -> int:
 def test_ddp_with_gloo_matches_one_process(data, tmp_path) -> None:
     """2 processes (torchrun, gloo, synchronised BatchNorm, a DistributedSampler) on a global batch of 16
     take the same steps as one process on batches of 16: weights and logs equal up to rounding."""
-    flags = ["--data", data, "--epochs", "1", "--lr", "0.01", *TINY]
+    flags = ["--data", data, "--epochs", "1", "--lr", "0.01", "--device", "cpu", *TINY]  # gloo, even with GPUs
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
     torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -239,3 +241,20 @@ def test_ddp_with_gloo_matches_one_process(data, tmp_path) -> None:
 def test_recipe_errors_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="--epochs 0"):
         Recipe(epochs=0)
+
+
+@pytest.mark.parametrize("spec", ["examples/se_resnet50", "timm/resnet26t", "timm/resnetv2_50"])
+def test_any_spec_trains_and_probes(spec, tmp_path) -> None:
+    """Not only the CIFAR nets: a user-style spec and a timm spec, at 32x32, one epoch of 8 images."""
+    from resnetc.spec.shipped import shipped
+    from resnetc.train.probe import probe
+
+    data = _synthetic(tmp_path / "rgb.npz", n_train=8, n_test=4, channels=3, size=32)
+    path = str(shipped()[spec])
+    assert main(["train", path, "--data", data, "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path),
+                 "--num-classes", "10", "--quiet"]) == 0  # fmt: skip
+    stem = spec.split("/")[-1]
+    model = resnetc.build(path, num_classes=10)
+    model.load_state_dict(load_file(tmp_path / f"{stem}.safetensors"), strict=True)
+    result = probe(path, batch=4, input_size=(32, 32))
+    assert len(result.layers) >= 30 and all(math.isfinite(layer.grad_norm) for layer in result.layers)

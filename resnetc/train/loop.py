@@ -69,7 +69,8 @@ class Recipe:
         """The learning rate of epoch `epoch` (0-based): a tenth during warm-up, then step decays."""
         if epoch < self.warmup_epochs:
             return self.lr / 10
-        decays = sum(epoch >= round(fraction * self.epochs) for fraction in self.milestones)
+        # Never before the first epoch: a one-epoch run trains at the given lr.
+        decays = sum(epoch >= max(1, round(fraction * self.epochs)) for fraction in self.milestones)
         return self.lr / 10**decays
 
 
