@@ -447,3 +447,37 @@ def test_a_zip_of_an_unknown_version_is_a_bad_weights_file(tmp_path, capsys) -> 
     (tmp_path / "w.pt").write_bytes(bytes(data))
     assert main(["compile", SPEC, "--target", "onnx", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path)]) == 2
     assert "internal error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["urandom", "sparse-6GB"])
+def test_endless_or_huge_spec_files_end_at_the_cap(kind, tmp_path, capsys) -> None:
+    import time
+
+    path = "/dev/urandom" if kind == "urandom" else str(tmp_path / "huge.yaml")
+    if kind == "sparse-6GB":
+        with open(path, "wb") as handle:
+            handle.truncate(6 * 2**30)  # sparse: 6 GB that cost no disk
+    started = time.perf_counter()
+    assert main(["check", path]) == 2
+    assert time.perf_counter() - started < 5
+    err = capsys.readouterr().err
+    assert "internal error" not in err and len(err) < 5000
+
+
+def test_an_unreadable_weights_file_says_so(tmp_path, monkeypatch, capsys) -> None:
+    """As root nothing is unreadable, so the refusal of the operating system is injected."""
+    import errno
+    import pathlib
+
+    weights = _torch_file(tmp_path, _torch_state())
+    real_open = pathlib.Path.open
+
+    def refusing_open(self, *args, **kwargs):
+        if str(self) == weights:
+            raise PermissionError(errno.EACCES, "Permission denied", weights)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refusing_open)
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", weights, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the weights file (Permission denied)" in err and "No such file" not in err
