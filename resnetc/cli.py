@@ -373,7 +373,13 @@ def _train(args: argparse.Namespace) -> int:
             )
         return EXIT_OK
 
-    return _for_each_spec(args, one)
+    try:
+        return _for_each_spec(args, one)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave the group after every spec
+            dist.destroy_process_group()
 
 
 def _flags(result: TrainResult) -> str:

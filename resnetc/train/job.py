@@ -146,4 +146,6 @@ def train(
                 paths["json"]: summary(history),
             }
         )
+    if where.world > 1:  # every process waits until the weights are written
+        torch.distributed.barrier()
     return TrainResult(paths["safetensors"], paths["csv"], paths["json"], history, overrides, where)
