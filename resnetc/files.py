@@ -50,17 +50,16 @@ def _mode() -> int:
     return 0o666 & ~umask
 
 
-def _temporary_path(path: Path) -> str:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return temporary
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """A new, open temporary beside `path`, named `.<name>.<random>.tmp` (what stale-temporary removal matches)."""
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
 def _temporary_copy(path: Path, data: bytes | bytearray) -> str:
     """`data` in a temporary beside `path`; an error names `path`, the file the user asked for."""
     temporary = None
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, temporary = _new_temporary(path)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -138,8 +137,9 @@ def _backup(path: Path) -> str | None:
     """A second name for the current file (a hard link: no copy), to restore it; None where there is none."""
     if not path.is_file():
         return None
-    backup = _temporary_path(path)
-    os.unlink(backup)
+    handle, backup = _new_temporary(path)
+    os.close(handle)
+    os.unlink(backup)  # the name only: os.link makes the file
     try:
         os.link(path, backup)
     except OSError:  # a filesystem without hard links

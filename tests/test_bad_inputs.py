@@ -75,14 +75,21 @@ def test_a_huge_line_is_shown_as_a_bounded_excerpt(tmp_path, capsys) -> None:
 # Issue 13, item 4: no infinity written after a cast or a fold, and no negative variance accepted.
 
 
-def _seeded_state(**changes) -> dict[str, np.ndarray]:
-    import resnetc
-
-    state = {key: value.detach().numpy().astype(np.float64) for key, value in resnetc.build(SPEC).state_dict().items()}
-    state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
-    for key, value in changes.items():
-        state[key.replace("__", ".")] = value(state[key.replace("__", ".")])
+def _changed(state: dict, changes: dict) -> dict:
+    """`state` with each `layer__key=change` applied to the tensor `layer.key`."""
+    for key, change in changes.items():
+        state[key.replace("__", ".")] = change(state[key.replace("__", ".")])
     return state
+
+
+def _float64_state(**changes) -> dict[str, np.ndarray]:
+    """A state_dict as float64 arrays (a value like 1e300 is made before any cast), counters left out."""
+    state = {
+        key: value.numpy().astype(np.float64)
+        for key, value in _torch_state().items()
+        if not key.endswith("num_batches_tracked")
+    }
+    return _changed(state, changes)
 
 
 def _save(tmp_path, state) -> str:
@@ -105,7 +112,7 @@ def _save(tmp_path, state) -> str:
     ids=["float64-1e300", "float16-overflow", "negative-variance", "fold-overflow"],
 )  # fmt: skip
 def test_values_that_do_not_fit_are_refused_naming_the_tensor(changes, flags, message, tmp_path, capsys) -> None:
-    weights = _save(tmp_path, _seeded_state(**changes))
+    weights = _save(tmp_path, _float64_state(**changes))
     out = tmp_path / "out"
     assert main(["compile", SPEC, "--target", "onnx", "--weights", weights, "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
@@ -117,7 +124,7 @@ def test_values_that_do_not_fit_are_refused_naming_the_tensor(changes, flags, me
 
 
 def test_a_weights_key_with_escapes_and_a_newline_is_shown_escaped(tmp_path, capsys) -> None:
-    state = _seeded_state()
+    state = _float64_state()
     state["\x1b]0;owned\x07\x1b[2J\nwrote generated/forged.py"] = np.zeros(1)
     assert main(["compile", SPEC, "--target", "onnx", "--weights", _save(tmp_path, state), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -126,7 +133,7 @@ def test_a_weights_key_with_escapes_and_a_newline_is_shown_escaped(tmp_path, cap
 
 
 def test_a_megabyte_key_gives_a_bounded_message(tmp_path, capsys) -> None:
-    state = _seeded_state()
+    state = _float64_state()
     state["k" * 1_000_000] = np.zeros(1)
     assert main(["compile", SPEC, "--target", "onnx", "--weights", _save(tmp_path, state), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -197,13 +204,9 @@ def test_stems_that_shadow_modules_are_refused_with_e110(stem, tmp_path, capsys)
 
 
 def _torch_state(**changes):
-
     import resnetc
 
-    state = resnetc.build(SPEC).state_dict()
-    for key, change in changes.items():
-        state[key.replace("__", ".")] = change(state[key.replace("__", ".")])
-    return state
+    return _changed(resnetc.build(SPEC).state_dict(), changes)
 
 
 def _torch_file(tmp_path, state, name="weights.pt") -> str:

@@ -7,7 +7,6 @@ is compared with what the machine has before a byte of it is read.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from resnetc.errors import UsageError
+from resnetc.weights import available_memory
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -41,13 +41,6 @@ class Dataset:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no bound but the 64 GiB below
-        return 64 * 2**30
-
-
 def _open(path: Path) -> np.lib.npyio.NpzFile:
     if not path.is_file():
         raise UsageError(f"{path}: no such dataset file (an .npz holding x_train and y_train)")
@@ -58,12 +51,12 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
         raise UsageError(
             f"{path}: not an .npz file (save one with numpy.savez(path, x_train=..., y_train=...))"
         ) from None
-    # Decoded to float32, uint8 images take four times their size; half the machine's memory is the limit.
-    budget = _memory_bytes() // 2
+    # Decoded to float32, uint8 images take four times their size; half the free memory is the limit.
+    budget = available_memory() // 2
     if declared * 4 > budget:
         raise UsageError(
             f"{path}: its arrays declare {declared / 2**30:.2f} GiB, which as float32 is more than half of "
-            f"this machine's memory ({budget / 2**30:.1f} GiB)"
+            f"this machine's free memory ({budget / 2**30:.1f} GiB)"
         )
     return np.load(path, allow_pickle=False)
 

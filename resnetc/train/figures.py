@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resnetc.errors import UsageError
-from resnetc.train.probe import Probe
+
+if TYPE_CHECKING:
+    from resnetc.train.probe import Probe  # imports torch: the training curves do not need it
 
 
 def _pyplot() -> Any:
