@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import resnetc  # noqa: E402
 from resnetc.runtime import BoundRunner, create_session  # noqa: E402
 from resnetc.verify import exercise_batchnorm  # noqa: E402
-from resnetc.weights import initialise, save_safetensors  # noqa: E402
+from resnetc.weights.arrays import initialise, save_safetensors  # noqa: E402
 
 
 @dataclass
@@ -371,7 +371,7 @@ def int8_section(repeats: int) -> list[Row]:
     calibration set's."""
     import onnx
 
-    from resnetc.passes.quantize import quantize
+    from resnetc.backends.onnx.quantize import quantize
 
     model, weights = _model_and_weights("resnet50")
     spec = ROOT / "specs" / "resnet50.yaml"
@@ -452,7 +452,7 @@ def int8_section(repeats: int) -> list[Row]:
 def gpu_section(repeats: int) -> list[Row]:
     import torch
 
-    from resnetc.errors import RuntimeUnavailable
+    from resnetc.core.errors import RuntimeUnavailable
 
     if not torch.cuda.is_available():
         return []

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from resnetc.errors import ResnetcError, SpecError, WeightsError
+from resnetc.core.errors import ResnetcError, SpecError, WeightsError
+from resnetc.version import __version__
 
 if TYPE_CHECKING:
     from resnetc.api import build, build_onnx, compile_spec, info, load, lower, override, to_onnx, to_source
 
-__version__ = "0.1.0"
 _API = ("build", "build_onnx", "compile_spec", "info", "load", "lower", "override", "to_onnx", "to_source")
 
 __all__ = [
     "ResnetcError",
     "SpecError",
     "WeightsError",
+    "__version__",
     "build",
     "build_onnx",
     "compile_spec",

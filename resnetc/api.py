@@ -19,17 +19,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from resnetc.errors import Location, SpecError, UsageError
-from resnetc.ir.analysis import Summary, summarize
-from resnetc.ir.graph import Model
-from resnetc.ir.lower import lower as _lower
-from resnetc.spec.load import LoadedSpec, load_spec
+from resnetc.core.errors import Location, SpecError, UsageError
+from resnetc.core.ir import Model
+from resnetc.frontend.check import check
+from resnetc.frontend.load import LoadedSpec, load_spec
+from resnetc.lowering.analysis import Summary, summarize
+from resnetc.lowering.lower import lower as _lower
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
-    from resnetc.weights import Weights
+    from resnetc.weights.arrays import Weights
 
 SpecLike = str | Path | LoadedSpec | Model
 WeightsLike = Union[str, Path, "Weights", None]
@@ -80,7 +81,7 @@ def _loaded(spec: SpecLike, overrides: dict[str, object]) -> LoadedSpec | Model:
 def lower(spec: SpecLike, **overrides: object) -> Model:
     """A spec file (or loaded spec) lowered to the IR, shapes inferred and checked."""
     loaded = _loaded(spec, overrides)
-    return loaded if isinstance(loaded, Model) else _lower(loaded)
+    return loaded if isinstance(loaded, Model) else _lower(check(loaded))
 
 
 def info(spec: SpecLike, **overrides: object) -> Summary:
@@ -90,7 +91,7 @@ def info(spec: SpecLike, **overrides: object) -> Summary:
 
 def to_source(spec: SpecLike, **overrides: object) -> str:
     """The generated PyTorch module's source text."""
-    from resnetc.backends.torch_src import render
+    from resnetc.backends.torch.source import render
 
     return render(lower(spec, **overrides))
 
@@ -110,7 +111,7 @@ def build(
     layers that keep the model's own initialisation instead (a new head for fine-tuning:
     `resnetc.build("specs/timm/resnet50d.yaml", "r50d.safetensors", num_classes=10, reinit=("fc",))`)."""
     model = lower(spec, **overrides)
-    from resnetc.weights import refuse_unallocatable
+    from resnetc.weights.arrays import refuse_unallocatable
 
     refuse_unallocatable(model.graph, 1, "building the PyTorch model")
     module = _module(model)
@@ -148,7 +149,7 @@ def _weights(
     model: Model, weights: WeightsLike, seed: int, reinit: tuple[str, ...] = (), strip_prefix: str | None = None
 ) -> tuple[Weights, str, list[str]]:
     """The weights, where they came from, and the keys left at their seeded initialisation (`reinit`)."""
-    from resnetc.weights import initialise, match, read_weights, weights_budget
+    from resnetc.weights.arrays import initialise, match, read_weights, weights_budget
 
     if weights is None:
         if reinit or strip_prefix:
@@ -192,14 +193,14 @@ def build_onnx(
     layers left at their seeded initialisation instead of the file's (fine-tuning a new head);
     `strip_prefix` removes a wrapper's prefix (`module.`) from the file's keys. `static_shape` fixes the
     input (the spec's size or `input_size`, `batch` samples, 1 by default) and writes every shape concrete."""
-    from resnetc.backends.onnx_graph import build, spatial_symbols
+    from resnetc.backends.onnx.graph import build, spatial_symbols
 
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 65536):
         raise UsageError(f"--batch must be between 1 and 65536, got {batch!r}")
     if batch is not None and not static_shape:
         raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
     model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
-    from resnetc.backends.onnx_graph import external_data, needs_external_data
+    from resnetc.backends.onnx.graph import external_data, needs_external_data
 
     external = (
         f"{model.stem}.onnx.data" if needs_external_data(model, "float32" if dtype == "int8" else dtype) else None
@@ -213,18 +214,18 @@ def build_onnx(
         raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
     images = None
     if calibration is not None:  # checked before anything is built: a bad file costs nothing
-        from resnetc.passes.quantize import read_calibration
+        from resnetc.backends.onnx.quantize import read_calibration
 
         images = read_calibration(calibration, model.input_shape[0])
         fold_bn = True  # no fp32 BatchNorm left between quantized convolutions
-    from resnetc.weights import refuse_unallocatable
+    from resnetc.weights.arrays import refuse_unallocatable
 
     # The weights, then the model or its external data buffer: two copies at the peak (measured 1.98x).
     refuse_unallocatable(model.graph, 2, "building the ONNX model")
     arrays, origin, _ = _weights(model, weights, seed, tuple(reinit), strip_prefix)
     symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
     if fold_bn:
-        from resnetc.ir.verify import verify
+        from resnetc.lowering.verify import verify
         from resnetc.passes.fold_batchnorm import fold_batchnorm
 
         graph, arrays, report = fold_batchnorm(model.graph, arrays)
@@ -247,7 +248,7 @@ def build_onnx(
     if images is not None:
         from onnx import helper
 
-        from resnetc.passes.quantize import quantize
+        from resnetc.backends.onnx.quantize import quantize
 
         proto, report = quantize(proto, images)
         origin += f"; {report}"
@@ -333,7 +334,7 @@ def compile_spec(
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
-    from resnetc.files import refresh_bytecode, same_content, write_all_atomic
+    from resnetc.core.files import refresh_bytecode, same_content, write_all_atomic
 
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
@@ -381,7 +382,7 @@ def compile_spec(
             calibration=calibration,
         )
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
-            from resnetc.backends.triton import config
+            from resnetc.backends.onnx.triton import config
 
             outputs[out_dir / loaded.stem / "config.pbtxt"] = config(model, loaded.stem, static_shape).encode("utf-8")
             outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +77,7 @@ def verify(
 
     import resnetc
     from resnetc.runtime import BoundRunner, create_session
-    from resnetc.weights import match, read_weights, weights_budget
+    from resnetc.weights.arrays import match, read_weights, weights_budget
 
     ir = resnetc.lower(spec, **overrides)
     model = resnetc.build(ir)  # the lowered model: the spec is read and checked once

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import resnetc
-from resnetc.weights import save_safetensors
+from resnetc.weights.arrays import save_safetensors
 from tests.conftest import (
     SPEC_IDS,
     SPECS,

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import resnetc
-from resnetc.ir.aliasing import analyse
-from resnetc.spec.load import load_spec_text
+from resnetc.backends.torch.aliasing import analyse
+from resnetc.frontend.load import load_spec_text
 from resnetc.verify import verify
 from tests.conftest import assert_agree, cpu_session, exercise_batchnorm, model_class, state_arrays
 

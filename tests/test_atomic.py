@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import resnetc
-from resnetc import files
 from resnetc.cli import main
+from resnetc.core import files
 from tests.conftest import ROOT
 
 SPEC = ROOT / "specs" / "resnet20.yaml"
@@ -174,7 +174,7 @@ def test_a_signal_during_the_renames_waits_until_the_pair_is_written(old_outputs
 
 SIGTERM_WHILE_WRITING = """
 import os, signal, sys
-from resnetc import files
+from resnetc.core import files
 from resnetc.cli import main
 real, calls = files._temporary_copy, []
 def copy(path, data):

@@ -141,7 +141,7 @@ def test_a_megabyte_key_gives_a_bounded_message(tmp_path, capsys) -> None:
 
 
 def test_shown_escapes_and_bounds() -> None:
-    from resnetc.errors import shown
+    from resnetc.core.errors import shown
 
     assert shown("plain text") == "plain text"
     assert shown("a\nb\x1b[31m\r") == "a\\nb\\x1b[31m\\r"
@@ -391,8 +391,8 @@ def test_model_and_input_paths_that_are_not_files_say_so(kind, model, tmp_path, 
 
 def test_weights_this_machine_cannot_hold_are_refused_with_their_cost(tmp_path, monkeypatch, capsys) -> None:
     import resnetc
-    from resnetc import weights
-    from resnetc.errors import UsageError
+    from resnetc.core.errors import UsageError
+    from resnetc.weights import arrays as weights
 
     monkeypatch.setattr(weights, "available_memory", lambda: 80 * 2**20)  # a machine with 80 MiB free
     spec = str(ROOT / "specs" / "resnet50.yaml")  # 25.6M parameters: 98 MiB of float32, twice for ONNX

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import resnetc
-from resnetc.backends import onnx_graph
+from resnetc.backends.onnx import graph as onnx_graph
 from resnetc.cli import main
 from resnetc.runtime import create_session
 from resnetc.verify import verify

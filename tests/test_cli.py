@@ -12,7 +12,7 @@ import torch
 
 from resnetc.cli import main
 from resnetc.runtime import cuda_driver_present
-from resnetc.weights import save_safetensors
+from resnetc.weights.arrays import save_safetensors
 from tests.conftest import ROOT, generated_class, state_arrays
 
 RESNET18 = str(ROOT / "specs" / "resnet18.yaml")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from resnetc import cli
-from resnetc.errors import CODES
+from resnetc.core.errors import CODES
 
 CORPUS = Path(__file__).parent / "bad_specs"
 FILES = sorted(CORPUS.glob("*.yaml"))
@@ -175,7 +175,7 @@ def test_corpus_codes_are_known() -> None:
     used = {item.code for path in FILES for item in expectations(path)}
     assert used, "no expectations found"
     unknown = sorted(used - set(CODES))
-    assert not unknown, f"codes not in resnetc.errors.CODES: {unknown}"
+    assert not unknown, f"codes not in resnetc.core.errors.CODES: {unknown}"
 
 
 def test_corpus_headers_are_well_formed() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import resnetc
-from resnetc.errors import RuntimeUnavailable
+from resnetc.core.errors import RuntimeUnavailable
 from resnetc.runtime import BoundRunner, create_session, cuda_driver_present
 from tests.conftest import ROOT, exercise_batchnorm, generated_class, state_arrays
 

@@ -11,8 +11,8 @@ import tokenize
 import pytest
 
 import resnetc
-from resnetc.errors import SpecError
-from resnetc.spec.load import load_spec_text
+from resnetc.core.errors import SpecError
+from resnetc.frontend.load import load_spec_text
 from tests.conftest import ROOT
 
 PAYLOADS = [

@@ -13,7 +13,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import resnetc
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 from tests.conftest import ROOT, assert_agree
 
 TINY_SPEC = """\

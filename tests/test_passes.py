@@ -9,7 +9,7 @@ import torch
 
 import resnetc
 from resnetc.passes.fold_batchnorm import fold_batchnorm
-from resnetc.weights import initialise
+from resnetc.weights.arrays import initialise
 from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, generated_class, state_arrays
 
 

@@ -23,10 +23,10 @@ from hypothesis.control import currently_in_test_context
 
 import resnetc
 from resnetc import ops
-from resnetc.errors import SpecError
-from resnetc.ir.graph import Model
+from resnetc.core.errors import SpecError
+from resnetc.core.ir import Model
+from resnetc.frontend.load import LoadedSpec, load_spec_text
 from resnetc.ops.base import BLOCK, ShapeError
-from resnetc.spec.load import LoadedSpec, load_spec_text
 from tests.conftest import exercise_batchnorm, model_class, module_from_source
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,11 +16,12 @@ import torch
 import yaml
 
 import resnetc
-from resnetc import docs, ops
-from resnetc.errors import SpecError
+from resnetc import ops
+from resnetc.core.errors import SpecError
+from resnetc.frontend.load import load_spec_text
 from resnetc.ops.base import BLOCK, SEQUENTIAL, TOP
-from resnetc.spec.load import load_spec_text
 from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, model_class, state_arrays
+from tools import docs
 
 SPEC_OPS = ops.spec_ops()
 PRIMITIVES = [op for op in SPEC_OPS if not op.structural]
@@ -186,9 +187,9 @@ def test_every_op_is_in_the_schema_and_the_readme_table(op: ops.Op) -> None:
 
 
 def test_readme_sections_and_schema_are_generated_from_the_code() -> None:
-    """The op table, the codes table and the error example are what `python -m resnetc.docs` writes."""
+    """The op table, the codes table and the error example are what `python -m tools.docs` writes."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert docs.render_readme(readme) == readme, "run python -m resnetc.docs"
+    assert docs.render_readme(readme) == readme, "run python -m tools.docs"
     assert (ROOT / "resnetc" / "library" / "spec.schema.json").read_text() == docs.schema_text()
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import resnetc
-from resnetc.errors import CODES, SpecError
-from resnetc.spec import expr
-from resnetc.spec.load import load_spec_text
+from resnetc.core import expr
+from resnetc.core.errors import CODES, SpecError
+from resnetc.frontend.load import load_spec_text
 from tests.conftest import ROOT
 
 HEAD = "version: 1\nname: Net\ninput: [3, 32, 32]\nnum_classes: 10\n"
@@ -149,7 +149,7 @@ def test_json_schema_file_is_current_and_validates_every_shipped_spec() -> None:
 
     import yaml
 
-    from resnetc.spec.schema import spec_schema_text
+    from resnetc.frontend.schema import spec_schema_text
 
     schema_file = ROOT / "resnetc" / "library" / "spec.schema.json"
     assert schema_file.read_text() == spec_schema_text(), "regenerate resnetc/library/spec.schema.json"

@@ -71,7 +71,7 @@ def test_verify_exits_1_outside_the_tolerance(monkeypatch, capsys) -> None:
 
 
 def test_verify_with_a_weights_file(tmp_path, capsys) -> None:
-    from resnetc.weights import save_safetensors
+    from resnetc.weights.arrays import save_safetensors
 
     model = generated_class("resnet20")()
     save_safetensors(state_arrays(model), tmp_path / "w.safetensors")
@@ -94,7 +94,7 @@ def test_graph_draws_stages_blocks_and_shapes(fmt: str, capsys) -> None:
 
 
 def test_readme_embeds_the_mermaid_drawing_of_resnet18() -> None:
-    from resnetc.ir.printer import mermaid
+    from resnetc.lowering.printer import mermaid
 
     assert mermaid(resnetc.lower(RESNET18)) in (ROOT / "README.md").read_text()
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import resnetc
 from resnetc.cli import main
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 from resnetc.train.data import digits, read_dataset
 from resnetc.train.loop import Recipe, _augment
 from tests.conftest import ROOT
@@ -246,7 +246,7 @@ def test_recipe_errors_are_usage_errors() -> None:
 @pytest.mark.parametrize("spec", ["examples/se_resnet50", "timm/resnet26t", "timm/resnetv2_50"])
 def test_any_spec_trains_and_probes(spec, tmp_path) -> None:
     """Not only the CIFAR nets: a user-style spec and a timm spec, at 32x32, one epoch of 8 images."""
-    from resnetc.spec.shipped import shipped
+    from resnetc.frontend.shipped import shipped
     from resnetc.train.probe import probe
 
     data = _synthetic(tmp_path / "rgb.npz", n_train=8, n_test=4, channels=3, size=32)

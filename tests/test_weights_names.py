@@ -9,8 +9,8 @@ import torch
 
 import resnetc
 from resnetc.cli import main
-from resnetc.errors import WeightsError
-from resnetc.weights import save_safetensors
+from resnetc.core.errors import WeightsError
+from resnetc.weights.arrays import save_safetensors
 from tests.conftest import ROOT, cpu_session, state_arrays
 
 SPEC = str(ROOT / "specs" / "timm" / "resnet26t.yaml")  # a deep stem and avg-pool downsampling, small

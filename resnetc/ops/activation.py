@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from resnetc.core.expr import Expr
 from resnetc.ops import source
 from resnetc.ops.base import OnnxGraph, Op
+from resnetc.ops.fields import LayerFields
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import LayerFields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 
 def _inplace(inplace: bool) -> str:

@@ -8,17 +8,18 @@ opset. `resnetc.ops.registry` collects them; nothing else keeps a list of op nam
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from resnetc.errors import SpecError
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import StrictModel, expression_fields, rate_fields
+from resnetc.core.errors import SpecError
+from resnetc.core.expr import Expr
+from resnetc.ops.fields import StrictModel, expression_fields, rate_fields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 Shape = tuple[int, ...]  # one sample's shape: (C, H, W) or (features,); the batch is implicit
 Attrs = dict[str, Any]  # evaluated attributes: ints, floats, bools, strings, None for "default"
@@ -26,6 +27,15 @@ Attrs = dict[str, Any]  # evaluated attributes: ints, floats, bools, strings, No
 TOP, BLOCK, SEQUENTIAL = "top", "block", "sequential"
 EVERYWHERE = frozenset({TOP, BLOCK, SEQUENTIAL})
 PLACES = {TOP: "at the top level of a spec", BLOCK: "inside a block", SEQUENTIAL: "inside a numbered block"}
+
+
+class Expansion(enum.Enum):
+    """What lowering makes of a layer, declared by its op: every layer reads this, none compares op names."""
+
+    NODE = "node"  # one node of the graph: every primitive
+    BLOCKS = "blocks"  # `repeat` instances of a block in an nn.Sequential (a stage)
+    INSTANCE = "instance"  # one named instance of a block (a submodule)
+    RESIDUAL = "residual"  # the residual path: identity, or the spec's reshaping (zero padding or a projection)
 
 
 class ShapeError(ValueError):
@@ -84,14 +94,15 @@ class Op:
     placement: ClassVar[frozenset[str]] = EVERYWHERE
     placement_rule: ClassVar[str] = ""  # why it stands only where it may, for the error message
     arity: ClassVar[int | None] = 1  # how many inputs; None: two or more
-    structural: ClassVar[bool] = False  # expanded by lowering (stage, shortcut), not a graph node
-    instantiates_block: ClassVar[bool] = False  # expands into instances of a block (stage, submodule)
+    expansion: ClassVar[Expansion] = Expansion.NODE  # what lowering makes of it (structural ops expand)
     # How the op counts: a weighted layer on the main path (He et al.'s depth), a convolution, a norm
     # that ends a residual branch (zero_init_residual zeroes its weight).
     counts_as_layer: ClassVar[bool] = False
     has_weights: ClassVar[bool] = False  # parameters or buffers in the state_dict
     is_convolution: ClassVar[bool] = False
     is_norm: ClassVar[bool] = False
+    folds_into_convolution: ClassVar[bool] = False  # an affine map of its input in eval mode (BatchNorm)
+    padding_op: ClassVar[str | None] = None  # a residual path: the op that option A's zero padding lowers to
     # PyTorch emission.
     torch_member: ClassVar[bool] = True  # a module attribute (as torchvision has it); False: a call in forward
     aliases_input: ClassVar[bool] = False  # the output may be the input tensor itself (a view, identity)
@@ -109,6 +120,16 @@ class Op:
         if self.fields is None:
             return self.internal_name
         return self.fields.model_fields["op"].annotation.__args__[0]  # type: ignore[union-attr]
+
+    @property
+    def structural(self) -> bool:
+        """Expanded by lowering (a stage, a submodule, a shortcut), not one graph node."""
+        return self.expansion is not Expansion.NODE
+
+    @property
+    def instantiates_block(self) -> bool:
+        """Expands into instances of a block (a stage, a submodule)."""
+        return self.expansion in (Expansion.BLOCKS, Expansion.INSTANCE)
 
     @property
     def expression_fields(self) -> tuple[str, ...]:

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from resnetc.core.expr import Expr
 from resnetc.ops import source
 from resnetc.ops.base import TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, positive
 from resnetc.ops.conv import fan_in_uniform
+from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import IntExpr, LayerFields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 # A block's code is written once for every input size, and a flattened size depends on it.
 HEAD_ONLY = "belongs at the top level of a spec, in the head"

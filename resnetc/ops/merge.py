@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from resnetc.ops.base import BLOCK, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.fields import IntExpr, LayerFields, MergeFields, Reference
 from resnetc.ops.registry import register
-from resnetc.spec.fields import IntExpr, LayerFields, MergeFields, Reference
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 # A numbered block is a chain: each layer reads the one before, so nothing there has two inputs.
 MERGING = frozenset({TOP, BLOCK})
@@ -88,7 +88,7 @@ class Concat(Op):
     torch_member = False
 
     def channels(self, attrs: dict[str, Any], inputs: list[Any]) -> Any:
-        from resnetc.spec.expr import BinOp, fold
+        from resnetc.core.expr import BinOp, fold
 
         total = inputs[0]
         for channels in inputs[1:]:
@@ -139,8 +139,8 @@ class Channels(Op):
         return Inferred(shape=(count, height, width))
 
     def torch_call(self, layer: LayerIR, args: list[str]) -> str:
+        from resnetc.core.expr import BinOp, fold
         from resnetc.ops import source
-        from resnetc.spec.expr import BinOp, fold
 
         start, count = layer.attrs["start"], layer.attrs["count"]
         end = fold(BinOp("+", start, count))  # type: ignore[arg-type]

@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from resnetc.core.expr import Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import IntExpr, LayerFields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 
 class BatchNormFields(LayerFields):
@@ -28,6 +28,7 @@ class BatchNorm(Op):
     has_weights = True
     doc = "batch normalisation over channels (`nn.BatchNorm2d`, ONNX `BatchNormalization`); momentum as PyTorch's"
     is_norm = True
+    folds_into_convolution = True
     torch_init = ("nn.BatchNorm2d", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))
     example: ClassVar[dict[str, Any]] = {"eps": 0.001}
 

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from resnetc.core.expr import Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
+from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import IntExpr, LayerFields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 
 class WindowFields(LayerFields):

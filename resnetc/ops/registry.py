@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from resnetc.ops.base import Op
+from resnetc.ops.base import Expansion, Op
 
 REGISTRY: dict[str, Op] = {}
 
@@ -27,6 +27,11 @@ def register(cls: T) -> T:
 def get(name: str) -> Op:
     """The op of that name (every op in a lowered graph or a validated spec is registered)."""
     return REGISTRY[name]
+
+
+def expansion(name: str) -> Expansion:
+    """What lowering makes of a layer of op `name` (its declared `Op.expansion`)."""
+    return REGISTRY[name].expansion
 
 
 def spec_ops() -> list[Op]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from resnetc.core.expr import Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper
+from resnetc.ops.fields import FloatParam, LayerFields
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import FloatParam, LayerFields
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import LayerIR, Node
+    from resnetc.core.ir import LayerIR, Node
 
 
 class DropPathFields(LayerFields):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from math import isfinite
 
-from resnetc.spec import expr as expressions
-from resnetc.spec.expr import BinOp, Const, fold
+from resnetc.core import expr as expressions
+from resnetc.core.expr import BinOp, Const, fold
 
 
 class RenderError(Exception):

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from resnetc.ops.base import BLOCK, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.core.expr import Expr
+from resnetc.ops.base import BLOCK, TOP, Attrs, Expansion, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.fields import IntExpr, Reference, StrictModel
 from resnetc.ops.registry import register
-from resnetc.spec.expr import Expr
-from resnetc.spec.fields import IntExpr, Reference, StrictModel
 
 if TYPE_CHECKING:
-    from resnetc.ir.graph import Node
+    from resnetc.core.ir import Node
 
 
 class ShortcutFields(StrictModel):
@@ -38,7 +38,8 @@ class Shortcut(Op):
         "the residual path: identity when the shape is kept, else by the spec's `shortcut:` option "
         "(A: subsample and pad zero channels, B: the projection block, C: always the projection)"
     )
-    structural = True
+    expansion = Expansion.RESIDUAL
+    padding_op = "zero_pad"  # what option A lowers a reshaping shortcut to
     placement = frozenset({BLOCK})
     placement_rule = "belongs inside a block, next to the add it feeds"
     aliases_input = True  # an identity shortcut is its input
@@ -89,8 +90,7 @@ class Stage(Op):
         "`repeat` blocks in an `nn.Sequential`: `args` to each (a list: one value per block; "
         "`{linear: [a, b]}`: spread over the network), `first` and `stride` to the first only"
     )
-    structural = True
-    instantiates_block = True
+    expansion = Expansion.BLOCKS
     placement = frozenset({TOP, BLOCK})
     placement_rule = "belongs at the top level of a spec or in a block, not in a numbered block"
 
@@ -119,8 +119,7 @@ class Submodule(Op):
         "one instance of a block as a named sub-module (`conv1.0.weight`, `se.fc1.weight`): a deep stem, "
         "an attention module; `args` may be expressions over the enclosing block's parameters"
     )
-    structural = True
-    instantiates_block = True
+    expansion = Expansion.INSTANCE
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:

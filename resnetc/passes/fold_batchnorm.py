@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resnetc.ir.graph import Graph
-from resnetc.weights import Weights, checked_cast
+from resnetc import ops
+from resnetc.core.ir import Graph
+from resnetc.weights.arrays import Weights, checked_cast
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ def fold_batchnorm(graph: Graph, weights: Weights) -> tuple[Graph, Weights, Fold
     for node in graph.nodes:
         source = producers.get(node.inputs[0]) if node.inputs else None
         foldable = (
-            node.op == "batchnorm"
+            ops.get(node.op).folds_into_convolution
             and source is not None
-            and source.op == "conv"
+            and ops.get(source.op).is_convolution
             and readers.get(source.name) == 1
             and source.name not in graph.outputs.values()
         )

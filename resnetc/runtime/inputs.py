@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from resnetc.errors import UsageError, shown
+from resnetc.core.errors import UsageError, shown
 
 DEFAULT_SIZE = 224
 

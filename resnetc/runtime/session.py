@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from resnetc.errors import RuntimeUnavailable, UsageError
+from resnetc.core.errors import RuntimeUnavailable, UsageError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

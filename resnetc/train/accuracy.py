@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 from resnetc.train.data import read_dataset
 
 CALIBRATION_IMAGES = 256  # from the training split, never the test split

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetc.errors import UsageError
-from resnetc.weights import available_memory
+from resnetc.core.errors import UsageError
+from resnetc.weights.arrays import available_memory
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 
 if TYPE_CHECKING:
     from resnetc.train.probe import Probe  # imports torch: the training curves do not need it

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from resnetc.errors import UsageError
-from resnetc.files import write_all_atomic
-from resnetc.spec.load import LoadedSpec
+from resnetc.core.errors import UsageError
+from resnetc.core.files import write_all_atomic
+from resnetc.frontend.load import LoadedSpec
 from resnetc.train.data import Dataset, read_dataset
 from resnetc.train.loop import Epoch, Processes, Recipe, distribute, fit, processes
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from resnetc.errors import UsageError
+from resnetc.core.errors import UsageError
 from resnetc.train.data import Dataset, Split
 
 AUGMENTATIONS = ("crop", "flip")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetc.errors import UsageError
-from resnetc.spec.load import LoadedSpec
+from resnetc.core.errors import UsageError
+from resnetc.frontend.load import LoadedSpec
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,238 @@
+"""IR + named numpy weights -> onnx.ModelProto, built node by node (no tracing, no torch).
+
+Every op emits itself (`Op.onnx`, in `resnetc.ops`); initializer names are the state_dict keys; the
+graph reads `input` [N, C, H, W] with symbolic N, H, W and writes `logits` [N, classes].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from resnetc import ops
+from resnetc.core.errors import UsageError
+from resnetc.core.ir import Model, Node
+from resnetc.ops.base import unsupported
+from resnetc.version import __version__
+from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES, Weights, checked_cast
+
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(13, 22)
+INPUT, OUTPUT = "input", "logits"
+DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
+
+
+class _GraphBuilder:
+    """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants."""
+
+    def __init__(self, opset: int, numpy_type: type) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self._numpy_type = numpy_type
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
+
+    def constant(self, name: str, values: list[int]) -> str:
+        """An int64 Constant node: shape operands are not weights, so they are not initializers."""
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
+
+    def tensor(self, name: str, values: np.ndarray) -> str:
+        """A constant tensor in the graph's compute type: a fixed filter that is not a weight (no state_dict key)."""
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=self._numpy_type), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
+
+    def scalar(self, name: str, value: float) -> str:
+        """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
+        tensor = numpy_helper.from_array(np.asarray(value, dtype=self._numpy_type), name=name)
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return name
+
+
+def spatial_symbols(model: Model, others: list[Model]) -> dict[str, tuple[str | int, str | int]]:
+    """A symbol for the height and width of every (C, H, W) value: `H`, `W` for the input's, `H_2` for half of
+    it, and so on. Values get one symbol where their sizes are equal at the spec's size and at the other
+    sizes in `others` (the same spec lowered at other input sizes), so equal symbols mean equal sizes."""
+    sizes = [model.graph, *(other.graph for other in others)]
+    shapes = [{node.name: node.shape for node in graph.nodes} | {"input": graph.input_shape} for graph in sizes]
+    symbols: dict[str, tuple[str | int, str | int]] = {}
+    taken: dict[tuple[str, tuple[int, ...]], str] = {}
+    for value in ["input", *(node.name for node in model.graph.nodes)]:
+        if len(shapes[0][value]) != 3 or any(value not in table or len(table[value]) != 3 for table in shapes):
+            continue
+        pair: list[str | int] = []
+        for axis, letter in ((1, "H"), (2, "W")):
+            signature = tuple(table[value][axis] for table in shapes)
+            if signature[0] == 1 and len(set(signature)) == 1:  # a global pool's 1x1: the same at every size
+                pair.append(1)
+                continue
+            if (letter, signature) not in taken:
+                stride = max(1, round(shapes[0]["input"][axis] / signature[0]))
+                base = letter if stride == 1 else f"{letter}_{stride}"
+                used = set(taken.values())
+                name, extra = base, 2
+                while name in used:
+                    name, extra = f"{base}_{extra}", extra + 1
+                taken[(letter, signature)] = name
+            pair.append(taken[(letter, signature)])
+        symbols[value] = (pair[0], pair[1])
+    return symbols
+
+
+def _dims(shape: tuple[int, ...], symbols: tuple[str | int, str | int] | None, batch: int | None) -> list[int | str]:
+    """A tensor's dimensions: the batch symbolic (`N`) or fixed, spatial sizes symbolic, or concrete where
+    `symbols` is None (a static-shape build)."""
+    leading: list[int | str] = ["N" if batch is None else batch]
+    if len(shape) == 3 and symbols is not None:
+        return [*leading, shape[0], *symbols]
+    return [*leading, *shape]
+
+
+def preprocessing_metadata(model: Model) -> dict[str, str]:
+    """The spec's `preprocessing:` as metadata_props: `resnetc.preprocessing.mean` = `0.485,0.456,0.406`,
+    `.std`, `.scale`, `.colour` (RGB or BGR), `.classes` (a file name)."""
+    entries = {}
+    for key, value in (model.preprocessing or {}).items():
+        text = ",".join(repr(float(item)) for item in value) if isinstance(value, list) else str(value)
+        entries[f"resnetc.preprocessing.{key}"] = text
+    return entries
+
+
+def _provenance(node: Node) -> str:
+    """Where a node came from, for viewers: the spec's file name (never its folders), line, column, module path."""
+    where = node.where
+    if where is None:
+        return node.name
+    file_name = (
+        where.path if where.path.startswith("<resnetc library>") else where.path.replace("\\", "/").rsplit("/", 1)[-1]
+    )
+    place = f"{file_name}:{where.line}:{where.col} "
+    return f"{place}{node.name}"
+
+
+def build(
+    model: Model,
+    weights: Weights,
+    opset: int = DEFAULT_OPSET,
+    dtype: str = "float32",
+    *,
+    symbols: dict[str, tuple[str | int, str | int]] | None = None,
+    static: bool = False,
+    batch: int | None = None,
+    external: str | None = None,
+) -> onnx.ModelProto:
+    """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32.
+
+    Every tensor of the IR gets a `value_info`: with `symbols` (from `spatial_symbols`) the batch and spatial
+    sizes are symbolic; `static` makes the spatial sizes concrete (the input size the model was lowered at)
+    and `batch` the batch. With `external` (a file name), the weights are not inline: each initializer
+    points into that file beside the model, at the offsets `external_data` writes them."""
+    if opset not in SUPPORTED_OPSETS:
+        raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+    numpy_type, onnx_type = DTYPES[dtype]
+    graph = model.graph
+    builder = _GraphBuilder(opset, numpy_type)
+    nodes = builder.nodes
+    source = INPUT
+    if dtype != "float32":
+        source = f"{INPUT}.{dtype}"
+        nodes.append(helper.make_node("Cast", [INPUT], [source], name="cast_input", to=onnx_type))
+    renamed = {"input": source}
+    # The graph's outputs: `logits`, or one per backbone feature, named after its layer.
+    named = {value: name for name, value in (graph.features or {OUTPUT: graph.output}).items()}
+    for node in graph.nodes:
+        inputs = [renamed.get(name, name) for name in node.inputs]
+        output = named[node.name] if node.name in named and dtype == "float32" else node.name
+        renamed[node.name] = output
+        first = len(nodes)
+        if not ops.get(node.op).onnx(node, inputs, output, builder):
+            raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
+        for emitted in nodes[first:]:
+            emitted.doc_string = _provenance(node)
+    if dtype != "float32":
+        for value, name in named.items():
+            nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
+    symbols = {} if static else (symbols or spatial_symbols(model, []))
+    compute = onnx_type if dtype != "float32" else TensorProto.FLOAT
+    outputs = set(named.values())
+    onnx_graph = helper.make_graph(
+        nodes,
+        model.class_name,
+        [
+            helper.make_tensor_value_info(
+                INPUT, TensorProto.FLOAT, _dims(graph.input_shape, symbols.get("input"), batch)
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, _dims(graph.shape_of(value), symbols.get(value), batch)
+            )
+            for value, name in named.items()
+        ],
+        value_info=[
+            helper.make_tensor_value_info(renamed[node.name], compute, _dims(node.shape, symbols.get(node.name), batch))
+            for node in graph.nodes
+            if renamed[node.name] not in outputs
+        ],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(
+        onnx_graph,
+        opset_imports=opsets,
+        producer_name="resnetc",
+        producer_version=__version__,
+        doc_string=" ".join(model.doc.split()),
+        # The newest IR version this opset needs, not the newest onnx knows (onnxruntime may refuse that).
+        ir_version=helper.find_min_ir_version_for(opsets),
+    )
+    # Weights go straight into the finished model: make_graph and make_model would each copy them.
+    offset = 0
+    for key, shape in graph.tensors().items():
+        if external is None:
+            array = checked_cast(key, weights[key], numpy_type)
+            proto.graph.initializer.append(numpy_helper.from_array(array, name=key))
+            continue
+        length = math.prod(shape) * np.dtype(numpy_type).itemsize
+        tensor = proto.graph.initializer.add(name=key, dims=list(shape), data_type=onnx_type)
+        tensor.data_location = TensorProto.EXTERNAL
+        for field, value in (("location", external), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=field, value=value)
+        offset += length
+    helper.set_model_props(
+        proto,
+        {
+            "resnetc.spec": model.file_name,
+            "resnetc.spec_sha256": model.sha256,
+            "resnetc.dtype": dtype,
+            "resnetc.input_shape": ",".join(map(str, model.input_shape)),
+            **preprocessing_metadata(model),
+        },
+    )
+    return proto
+
+
+def needs_external_data(model: Model, dtype: str) -> bool:
+    """Whether the weights are too large to be inline (protobuf cannot serialise a message over 2 GiB)."""
+    count = sum(math.prod(shape) for shape in model.graph.tensors().values())
+    return count * np.dtype(DTYPES[dtype][0]).itemsize > MAX_INLINE_WEIGHT_BYTES
+
+
+def external_data(model: Model, weights: Weights, dtype: str) -> bytearray:
+    """The external data file of `build(..., external=...)`: every weight, in the graph's order, raw. Copied
+    into one preallocated buffer, so that a compile peaks at the weights plus this one copy."""
+    numpy_type = np.dtype(DTYPES[dtype][0])
+    sizes = {key: math.prod(shape) * numpy_type.itemsize for key, shape in model.graph.tensors().items()}
+    buffer = bytearray(sum(sizes.values()))
+    view, offset = memoryview(buffer), 0
+    for key, size in sizes.items():
+        array = np.ascontiguousarray(checked_cast(key, weights[key], numpy_type.type))
+        view[offset : offset + size] = array.reshape(-1).view(np.uint8)
+        offset += size
+    return buffer

@@ -1,0 +1,3 @@
+from resnetc.cli.commands import entry
+
+entry()

@@ -1,0 +1,572 @@
+"""`resnetc`: argv -> API calls -> printed results and exit codes.
+
+The only module that prints or exits. Exit codes: 0 success, 1 a check found a difference,
+2 bad input (spec, weights, model file, usage). A user's mistake never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from resnetc.core.errors import ResnetcError, SpecError, UsageError, shown
+
+if TYPE_CHECKING:
+    from resnetc.train.job import TrainResult
+    from resnetc.train.loop import Epoch
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnetc", description="Compile declarative ResNet specs to PyTorch and ONNX."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help="write generated/<stem>.py and/or .onnx")
+    compile_.add_argument("specs", nargs="+", metavar="SPEC")
+    compile_.add_argument("--out", default="generated", help="output folder (default: generated/)")
+    compile_.add_argument(
+        "--target",
+        choices=("torch", "onnx", "all", "triton"),
+        default="torch",
+        help="all: torch and onnx; triton: DIR/<stem>/config.pbtxt and DIR/<stem>/1/model.onnx",
+    )
+    compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
+    compile_.add_argument(
+        "--reinit",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="leave LAYER (e.g. fc) at its seeded initialisation instead of --weights' tensors (a new head)",
+    )
+    compile_.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. module.) from every weight key")
+    compile_.add_argument(
+        "--static-shape",
+        action="store_true",
+        help="fix the ONNX input (the spec's size, or --input-size) and write every shape concrete",
+    )
+    compile_.add_argument("--batch", type=int, help="with --static-shape: the fixed batch size (default 1)")
+    compile_.add_argument("--opset", type=int, help="ONNX opset, 13 to 21 (default 17)")
+    compile_.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="ONNX weights and compute (inputs and outputs stay float32); int8 needs --calibration",
+    )
+    compile_.add_argument(
+        "--calibration", metavar="FILE.npy", help="images (N, C, H, W) for --dtype int8's static quantization"
+    )
+    compile_.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the ONNX graph's convolutions (its weights then differ from the state_dict)",
+    )
+    compile_.add_argument(
+        "--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)"
+    )
+    compile_.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(compile_)
+
+    check = commands.add_parser("check", help="validate specs and infer shapes; one line per spec")
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(check)
+
+    info = commands.add_parser("info", help="per-stage table: output shape, params, MACs")
+    info.add_argument("specs", nargs="+", metavar="SPEC")
+    info.add_argument("--json", action="store_true", help="one JSON object per spec")
+    info.add_argument("--table", action="store_true", help="one row per spec, with the paper's figures beside ours")
+    info.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(info)
+
+    verify = commands.add_parser("verify", help="build both backends from the same weights and compare them")
+    verify.add_argument("specs", nargs="+", metavar="SPEC")
+    verify.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file (default: seeded)")
+    verify.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    verify.add_argument("--batch", type=int, default=8)
+    verify.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(verify)
+
+    graph = commands.add_parser("graph", help="draw stages and blocks with the tensor shape on every edge")
+    graph.add_argument("specs", nargs="+", metavar="SPEC")
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(graph)
+
+    commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    listing = commands.add_parser("list", help="the shipped specs, by the name that builds them, with params and GMACs")
+    listing.add_argument("--json", action="store_true")
+
+    train = commands.add_parser(
+        "train", help="train the generated module on an .npz dataset: DIR/<stem>.safetensors, .csv and .json"
+    )
+    train.add_argument("specs", nargs="+", metavar="SPEC", help="one or more specs, trained one after the other")
+    train.add_argument("--data", required=True, metavar="FILE.npz", help="x_train, y_train (and x_test, y_test)")
+    train.add_argument("--epochs", required=True, type=int)
+    train.add_argument("--out", default="runs", help="output folder (default: runs/)")
+    train.add_argument("--batch-size", type=int, default=128, help="the global batch, over every process")
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        metavar="FRACTION",
+        help="fractions of the epochs after which the lr is divided by 10 (default: 0.5 0.75, the paper's)",
+    )
+    train.add_argument("--warmup-epochs", type=int, default=0, help="epochs at lr/10 first (the paper's ResNet-110)")
+    train.add_argument(
+        "--augment",
+        default="crop,flip",
+        help="crop (random crop of the padded image), flip (horizontal), both (default) or none",
+    )
+    train.add_argument("--crop-padding", type=int, default=4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--error-format", choices=("text", "json"), default="text")
+    train.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    train.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+
+    probe = commands.add_parser(
+        "probe", help="gradient norm and output variance of every weighted layer at initialisation, by depth"
+    )
+    probe.add_argument("specs", nargs="+", metavar="SPEC")
+    probe.add_argument("--batch", type=int, default=64, help="seeded images in the batch (default 64)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    probe.add_argument("--layers", action="store_true", help="one line per weighted layer")
+    probe.add_argument("--json", action="store_true", help="one JSON object per spec, every layer")
+    probe.add_argument("--plot", metavar="FILE.png", help="draw both measures against depth for all the specs")
+    probe.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(probe)
+
+    run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
+    run.add_argument("model", metavar="MODEL.onnx")
+    run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")
+    run.add_argument("--batch", type=int, help="images in the seeded batch (default 1; not with --input)")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
+    run.add_argument("--no-tf32", action="store_true", help="CUDA: no TF32 in fp32 convolutions (exact fp32)")
+    run.add_argument(
+        "--conv-algo",
+        choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        default="EXHAUSTIVE",
+        help="CUDA: how cuDNN picks convolution algorithms",
+    )
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    parser.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="replace the spec's input size")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    size = tuple(args.input_size) if args.input_size else None
+    return {"num_classes": args.num_classes, "in_channels": args.in_channels, "input_size": size}
+
+
+def _report(error: SpecError, error_format: str) -> None:
+    from resnetc.frontend.diagnostics import format_json, format_text
+
+    print(format_json(error.diagnostics) if error_format == "json" else format_text(error.diagnostics), file=sys.stderr)
+
+
+def _for_each_spec(args: argparse.Namespace, action: Callable[[str], int]) -> int:
+    """Run `action` on every spec; a bad spec is reported and the others still run."""
+    status = EXIT_OK
+    for spec in args.specs:
+        try:
+            status = max(status, action(spec))
+        except SpecError as error:
+            _report(error, args.error_format)
+            status = EXIT_BAD_INPUT
+    return status
+
+
+def _refuse_empty_out(args: argparse.Namespace) -> None:
+    if not args.out.strip():
+        raise UsageError("--out is empty: give a folder ('.' for the current one)")
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from resnetc.api import compile_spec
+
+    _refuse_empty_out(args)
+    if not args.check:
+        _refuse_shared_stems(args.specs)
+
+    def one(spec: str) -> int:
+        result = compile_spec(
+            spec,
+            args.out,
+            target=args.target,
+            weights=args.weights,
+            opset=args.opset,
+            dtype=args.dtype,
+            fold_bn=args.fold_bn,
+            check=args.check,
+            reinit=tuple(args.reinit),
+            strip_prefix=args.strip_prefix,
+            static_shape=args.static_shape,
+            batch=args.batch,
+            calibration=args.calibration,
+            **_overrides(args),
+        )
+        if args.check:
+            for path in result.differing:
+                print(f"{shown(str(path))}: differs from what {shown(spec)} gives")
+            return EXIT_DIFFERENT if result.differing else EXIT_OK
+        for path in sorted(result.written + result.unchanged, key=str):
+            print(f"{'wrote' if path in result.written else 'unchanged'} {shown(str(path))}")
+        if result.weights_origin is not None:
+            print(f"  weights: {shown(result.weights_origin)}")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+
+    def one(spec: str) -> int:
+        summary = info(spec, **_overrides(args))
+        output = "x".join(map(str, summary.output))
+        print(
+            f"{shown(spec)}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
+            f"{summary.macs / 1e9:.3f} GMACs, output {output}"
+        )
+        from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES
+
+        if summary.params * 4 > MAX_INLINE_WEIGHT_BYTES:  # buffers add little; compile checks exactly
+            print(
+                f"  note: {summary.params * 4 / 2**30:.2f} GiB of float32 weights is more than one ONNX file holds "
+                f"({MAX_INLINE_WEIGHT_BYTES / 2**30:.2f} GiB): --target onnx writes them to <stem>.onnx.data beside it"
+            )
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+    from resnetc.lowering.analysis import format_family_table, format_table
+
+    if args.json and args.table:
+        raise UsageError("--json and --table are two layouts of one output: choose one")
+    summaries = []
+
+    def one(spec: str) -> int:
+        summary = info(spec, **_overrides(args))
+        if args.table:
+            summaries.append(summary)
+        else:
+            print(json.dumps(summary.as_json()) if args.json else format_table(summary) + "\n")
+        return EXIT_OK
+
+    status = _for_each_spec(args, one)
+    if args.table and summaries:
+        print(format_family_table(summaries))
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from resnetc.runtime.inputs import check_signature, make_batch, model_source, ort_failure, top_k
+    from resnetc.runtime.session import create_session, infer, median_latency
+
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.input is not None and args.batch is not None:
+        raise UsageError("--batch sizes the seeded batch; with --input the array's first axis is the batch")
+    path = Path(args.model)
+    model = model_source(path)
+    try:
+        session = create_session(model, args.provider, use_tf32=not args.no_tf32, conv_algo_search=args.conv_algo)
+    except ResnetcError:
+        raise
+    except Exception as error:  # noqa: BLE001 - onnxruntime's refusals (unknown op, opset, graph) have many types
+        raise ort_failure(path, "load", error) from None
+    check_signature(session, path)
+    batch = make_batch(session, args.input, 1 if args.batch is None else args.batch)
+    try:
+        results = session.run(None, {session.get_inputs()[0].name: batch})
+        logits = infer(session, batch)
+        latency = median_latency(session, batch, repeats=args.repeats)
+    except Exception as error:  # noqa: BLE001 - a model that loads and fails on a well-formed input
+        raise ort_failure(path, "run", error) from None
+    print(f"model: {shown(args.model)}")
+    print(f"provider: {session.get_providers()[0]}")
+    if len(results) == 1 and logits.ndim == 2:
+        print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
+        print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))
+    else:  # a backbone: one output per feature
+        outputs = ", ".join(
+            f"{shown(out.name, 80)} {list(value.shape)}"
+            for out, value in zip(session.get_outputs(), results, strict=True)
+        )
+        print(f"input: {list(batch.shape)} -> outputs: {outputs}")
+    print(f"median latency: {latency * 1e3:.2f} ms over {args.repeats} runs (batch {batch.shape[0]})")
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    from resnetc.train.loop import Recipe
+
+    augment = () if args.augment == "none" else tuple(part.strip() for part in args.augment.split(","))
+    recipe = Recipe(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        milestones=tuple(args.milestones),
+        warmup_epochs=args.warmup_epochs,
+        augment=augment,
+        crop_padding=args.crop_padding,
+        seed=args.seed,
+    )
+    _refuse_empty_out(args)
+    _refuse_shared_stems(args.specs)
+
+    def one(spec: str) -> int:
+        from tqdm import tqdm
+
+        from resnetc.train.job import train
+
+        def report(epoch: Epoch) -> None:
+            tqdm.write(_epoch_line(epoch, recipe.epochs))
+
+        result = train(
+            spec,
+            args.data,
+            args.out,
+            recipe,
+            num_classes=args.num_classes,
+            in_channels=args.in_channels,
+            device=args.device,
+            progress=not args.quiet and sys.stderr.isatty(),
+            on_epoch=report,
+        )
+        if result.where.main:
+            print(f"{shown(spec)}: {result.where.world} process(es) on {result.where.device.type}")
+            for path in (result.weights, result.csv_log, result.json_log):
+                print(f"wrote {shown(str(path))}")
+            print(
+                shown(f"  compile it: resnetc compile {spec} --target onnx --weights {result.weights}{_flags(result)}")
+            )
+        return EXIT_OK
+
+    try:
+        return _for_each_spec(args, one)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # under torchrun: leave the group after every spec
+            dist.destroy_process_group()
+
+
+def _flags(result: TrainResult) -> str:
+    """The --num-classes/--in-channels that rebuild the trained model."""
+    return f" --num-classes {result.overrides['num_classes']} --in-channels {result.overrides['in_channels']}"
+
+
+def _epoch_line(epoch: Epoch, epochs: int) -> str:
+    test = f", test loss {epoch.test_loss:.4f} error {epoch.test_error:.2%}" if epoch.test_error is not None else ""
+    return (
+        f"epoch {epoch.epoch}/{epochs}: lr {epoch.lr:g}, train loss {epoch.train_loss:.4f} "
+        f"error {epoch.train_error:.2%}{test} ({epoch.seconds:.1f} s)"
+    )
+
+
+def _refuse_shared_stems(specs: list[str]) -> None:
+    """Two specs named alike would write over each other's outputs in one folder."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        stem = Path(spec).stem
+        if stem in seen:
+            raise UsageError(f"{seen[stem]} and {spec} would both write {stem}.*: give them different names")
+        seen[stem] = spec
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from resnetc.train.probe import markdown_table, probe
+
+    if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG: give a name ending in .png, not {args.plot!r}")
+    probes = []
+
+    def one(spec: str) -> int:
+        result = probe(spec, batch=args.batch, seed=args.seed, device=args.device, **_overrides(args))
+        probes.append(result)
+        if args.json:
+            print(json.dumps(result.as_json()))
+        elif args.layers:
+            print(f"{shown(spec)}: loss at init {result.loss:.4f}, batch {result.batch}")
+            for layer in result.layers:
+                print(
+                    f"  {layer.depth:>5} {layer.name:<28} grad {layer.grad_norm:10.4g}"
+                    f"  var {layer.output_variance:10.4g}"
+                )
+        return EXIT_OK
+
+    status = _for_each_spec(args, one)
+    if probes and not args.json:
+        print(markdown_table(probes), end="")
+    if probes and args.plot is not None:
+        from resnetc.train.figures import probe_figure
+
+        probe_figure(probes, args.plot)
+        print(f"wrote {shown(args.plot)}")
+    return status
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from resnetc.verify import verify
+
+    def one(spec: str) -> int:
+        result = verify(spec, args.weights, args.provider, args.batch, **_overrides(args))
+        shape = "x".join(map(str, result.batch_shape))
+        providers = ", ".join(result.providers)
+        print(f"{shown(spec)}: PyTorch ({result.torch_device}) vs onnxruntime ({providers}), batch {shape}")
+        print(f"  weights: {shown(result.weights)}")
+        print(f"  max |diff| {result.max_abs:.3g} (output scale {result.scale:.3g}), max relative {result.max_rel:.3g}")
+        print(f"  top-1 agreement: {result.top1_agree}/{result.batch}")
+        verdict = "within" if result.within else "OUTSIDE"
+        print(f"  {verdict} rtol {result.rtol:g}, atol {result.atol:g} x max(1, scale)")
+        return EXIT_OK if result.within else EXIT_DIFFERENT
+
+    return _for_each_spec(args, one)
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from resnetc.api import lower
+    from resnetc.lowering.printer import dot, mermaid
+
+    def one(spec: str) -> int:
+        model = lower(spec, **_overrides(args))
+        print(mermaid(model) if args.format == "mermaid" else dot(model), end="")
+        return EXIT_OK
+
+    return _for_each_spec(args, one)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from resnetc.frontend.schema import spec_schema_text
+
+    print(spec_schema_text(), end="")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from resnetc.api import info
+    from resnetc.frontend.shipped import shipped
+
+    rows = []
+    for name, path in shipped().items():
+        summary = info(path)
+        rows.append({"name": name, "class": summary.name, "params": summary.params, "macs": summary.macs})
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    width = max(len(row["name"]) for row in rows)
+    print(f"{'spec':<{width}}  {'class':<18} {'params':>12} {'GMACs':>8}")
+    for row in rows:
+        print(f"{row['name']:<{width}}  {row['class']:<18} {row['params']:>12,} {row['macs'] / 1e9:>8.3f}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "list": _list,
+    "compile": _compile,
+    "check": _check,
+    "info": _info,
+    "verify": _verify,
+    "graph": _graph,
+    "schema": _schema,
+    "run": _run,
+    "train": _train,
+    "probe": _probe,
+}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program was, so that unfinished outputs are cleaned up as for SIGINT."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _tolerant_streams() -> None:
+    """Non-ASCII paths and names print on any terminal (`PYTHONIOENCODING=ascii`): escaped, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_streams()
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _dispatch(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    try:
+        return COMMANDS[args.command](args)
+    except Terminated:
+        return 128 + signal.SIGTERM
+    except SpecError as error:
+        _report(error, getattr(args, "error_format", "text"))
+        return EXIT_BAD_INPUT
+    except ResnetcError as error:
+        print(f"error: {shown(str(error))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `resnetc info ... | head`: the reader left, which is not an error
+        # Before OSError, which it is a kind of. Point stdout at /dev/null so that the flush at exit
+        # cannot fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as error:
+        print(shown(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - a bug in resnetc, reported as one
+        print(
+            f"internal error: {type(error).__name__}: {shown(str(error))}\n"
+            "This is a bug in resnetc, not in your input; please report it with the command you ran.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

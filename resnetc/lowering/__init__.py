@@ -1,0 +1,1 @@
+"""Lowering: a checked spec becomes the IR (block templates and the instantiated graph), then is verified."""

@@ -1,0 +1,1 @@
+"""The pipeline's options as data (placeholder while the options object is built)."""

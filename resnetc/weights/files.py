@@ -1,0 +1,191 @@
+"""Reading weights files, checked before their data is trusted or allocated.
+
+The kind of file is told by its content, not its suffix: a zip (`torch.save`'s format) or a pickle stream
+is a PyTorch state_dict, read with `weights_only=True`; an 8-byte header length followed by a JSON object
+is safetensors. Before any tensor is read, the sizes the file declares are checked against the file and
+against what the model can use (`budget`), so a small file declaring a 1 GiB tensor costs nothing.
+
+safetensors tensors of the dtypes numpy has are read with safetensors' numpy API (the ONNX path never
+imports torch); bfloat16 and the float8 formats, which numpy lacks, are widened to float32 from their
+raw bytes (ml_dtypes, which onnx already needs, knows float8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from resnetc.core.errors import WeightsError, shown
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit for the JSON header
+_NUMPY_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+_WIDENED = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}  # ml_dtypes names
+_ITEM_BYTES = {name: np.dtype(dtype).itemsize for name, dtype in _NUMPY_DTYPES.items()} | {
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message, first line, bounded; a reason for an empty one (an empty .pt file)."""
+    text = str(error)
+    if "Weights only load failed" in text:  # torch's advice is to unpickle without limits: never give it
+        return "it holds Python objects other than tensors, which resnetc never unpickles; save model.state_dict()"
+    lines = text.splitlines()
+    return shown(lines[0], 200) if lines and lines[0] else "no message: an empty or truncated file?"
+
+
+def _check_path(path: Path) -> int:
+    """The file's size; WeightsError for anything that is not a readable regular file."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such weights file") from None
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read the weights file ({error.strerror})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise WeightsError(f"{path}: is a directory, not a weights file")
+    if not stat.S_ISREG(status.st_mode):
+        raise WeightsError(f"{path}: is not a regular file (a FIFO or a device?); give a weights file")
+    return status.st_size
+
+
+def _kind(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read the weights file ({error.strerror})") from None
+    if not head:
+        raise WeightsError(f"{path}: the file is empty")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    raise WeightsError(
+        f"{path}: not a weights file (neither safetensors nor a torch.save'd state_dict, by its content)"
+    )
+
+
+def _too_big(path: Path, declared: int, budget: int | None) -> None:
+    if budget is not None and declared > budget:
+        raise WeightsError(
+            f"{path}: declares {declared / 2**20:,.1f} MiB of tensors, more than this model could use "
+            f"({budget / 2**20:,.1f} MiB); nothing was read"
+        )
+
+
+def _read_torch(path: Path, budget: int | None) -> dict[str, object]:
+    try:  # the declared (uncompressed) sizes of the tensors, before reading any
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist() if "/data/" in member.filename)
+    except zipfile.BadZipFile:
+        declared = None  # not a zip: torch's legacy format
+    except Exception as error:  # noqa: BLE001 - zipfile raises many types for hostile bytes (NotImplementedError, ...)
+        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
+    if declared is not None:
+        _too_big(path, declared, budget)
+    else:  # the legacy format declares nothing up front: its size bounds what it can hold
+        _too_big(path, path.stat().st_size, None if budget is None else 2 * budget)
+    import torch  # only here: the ONNX path with safetensors never imports torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise WeightsError(f"{path}: cannot read as a PyTorch state_dict ({_first_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - torch's unpickler raises its own types for non-state_dict pickles
+        raise WeightsError(f"{path}: not a plain state_dict ({type(error).__name__}: {_first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: holds a {type(data).__name__}, not a state_dict (a mapping of names to tensors)")
+    result: dict[str, object] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightsError(
+                f"{path}: entry {shown(repr(key), 160)} is not a tensor; a state_dict maps names to tensors"
+            )
+        problem = (
+            "is a meta tensor (a shape without data)" if value.is_meta
+            else "is a sparse tensor" if value.layout != torch.strided
+            else "is a quantized tensor" if value.is_quantized
+            else "is complex" if value.is_complex()
+            else None
+        )  # fmt: skip
+        if problem is not None:
+            raise WeightsError(f"{path}: {shown(key, 160)} {problem}; weights are dense real tensors")
+        result[key] = value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
+    return result
+
+
+def _safetensors_header(path: Path, size: int) -> tuple[int, dict[str, dict]]:
+    """The offset of the data and each tensor's entry, checked against the file's size."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise WeightsError(f"{path}: not a safetensors file (its header declares {length:,} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise WeightsError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data_bytes = size - 8 - length
+    for key, entry in header.items():
+        name = shown(key, 160)
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = math.prod(int(dim) for dim in shape)
+            valid = all(isinstance(dim, int) and dim >= 0 for dim in shape) and 0 <= begin <= end <= data_bytes
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"{path}: not a safetensors file (the entry of {name} is malformed)") from None
+        if dtype not in _ITEM_BYTES:
+            raise WeightsError(
+                f"{path}: {name} has dtype {shown(str(dtype), 20)}, which resnetc does not read; "
+                "save float32, float16, bfloat16 or float8 (E4M3, E5M2)"
+            )
+        if not valid or end - begin != count * _ITEM_BYTES[dtype]:
+            raise WeightsError(f"{path}: {name} declares shape {shown(str(shape), 80)} that its data does not hold")
+    return 8 + length, header
+
+
+def _read_safetensors(path: Path, size: int, budget: int | None) -> dict[str, object]:
+    from safetensors import SafetensorError, safe_open
+
+    start, header = _safetensors_header(path, size)
+    _too_big(path, sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in header.values()), budget)
+    result: dict[str, object] = {}
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if size > start else np.zeros(0, np.uint8)
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for key, entry in header.items():
+                if entry["dtype"] in _WIDENED:
+                    import ml_dtypes
+
+                    begin, end = entry["data_offsets"]
+                    narrow = raw[begin:end].view(getattr(ml_dtypes, _WIDENED[entry["dtype"]]))
+                    result[key] = narrow.astype(np.float32).reshape(entry["shape"])
+                else:
+                    result[key] = handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path}: cannot read as safetensors ({_first_line(error)})") from None
+    return result
+
+
+def read_weights(path: str | Path, budget: int | None = None) -> dict[str, object]:
+    """Named arrays from a safetensors file or a torch.save'd state_dict, told apart by content. `budget`:
+    the most bytes of tensors the caller can use; a file declaring more is refused before it is read."""
+    path = Path(path)
+    size = _check_path(path)
+    if _kind(path) == "safetensors":
+        return _read_safetensors(path, size, budget)
+    return _read_torch(path, budget)
