@@ -102,6 +102,7 @@ def build(
     *,
     reinit: tuple[str, ...] = (),
     strip_prefix: str | None = None,
+    zero_init_residual: bool | None = None,
     **overrides: object,
 ) -> torch.nn.Module:
     """The spec's model, built in memory from the same source `compile` writes (so the two never
@@ -109,12 +110,13 @@ def build(
 
     With `weights` (a state_dict or safetensors file, or a mapping), the model holds them; `reinit` names
     layers that keep the model's own initialisation instead (a new head for fine-tuning:
-    `resnetc.build("specs/timm/resnet50d.yaml", "r50d.safetensors", num_classes=10, reinit=("fc",))`)."""
+    `resnetc.build("specs/timm/resnet50d.yaml", "r50d.safetensors", num_classes=10, reinit=("fc",))`).
+    `zero_init_residual` overrides the spec's: each residual block's declared `last_norm` starts at zero."""
     model = lower(spec, **overrides)
     from resnetc.weights.arrays import refuse_unallocatable
 
     refuse_unallocatable(model.graph, 1, "building the PyTorch model")
-    module = _module(model)
+    module = _module(model, zero_init_residual)
     if weights is not None:
         import torch
 
@@ -124,7 +126,7 @@ def build(
     return module
 
 
-def _module(model: Model) -> torch.nn.Module:
+def _module(model: Model, zero_init_residual: bool | None = None) -> torch.nn.Module:
     import importlib.util
     import tempfile
 
@@ -135,7 +137,8 @@ def _module(model: Model) -> torch.nn.Module:
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)  # our own rendered, audited source
-    return getattr(module, module.__all__[0])()
+    options = {} if zero_init_residual is None else {"zero_init_residual": bool(zero_init_residual)}
+    return getattr(module, module.__all__[0])(**options)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 For each registered op and each place it allows (the top level, a block, a numbered block) a tiny spec
 uses it; both backends are compiled, must agree in eval mode, and the generated module must train
 (forward and backward in training mode). Every place it does not allow is refused with E305. The
-schema and the README's op table list it, and the README's generated sections are current.
+schema and the op table (docs/spec-format.md) list it, and every generated documentation section is current.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 import numpy as np
 import pytest
@@ -177,20 +179,41 @@ def test_structural_ops_are_refused_out_of_place() -> None:
 
 
 @pytest.mark.parametrize("op", SPEC_OPS, ids=[op.name for op in SPEC_OPS])
-def test_every_op_is_in_the_schema_and_the_readme_table(op: ops.Op) -> None:
+def test_every_op_is_in_the_schema_and_the_docs_table(op: ops.Op) -> None:
     schema = json.loads((ROOT / "resnetc" / "library" / "spec.schema.json").read_text())
     assert op.fields is not None
     definition = schema["$defs"][op.fields.__name__]
     assert definition["properties"]["op"]["const"] == op.name
     assert definition["description"].startswith(f"`{op.name}`: ")
-    assert f"| `{op.name}` | " in (ROOT / "README.md").read_text()
+    assert f"| `{op.name}` | " in (ROOT / docs.SECTION_FILES["ops"]).read_text()
 
 
-def test_readme_sections_and_schema_are_generated_from_the_code() -> None:
-    """The op table, the codes table and the error example are what `python -m tools.docs` writes."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert docs.render_readme(readme) == readme, "run python -m tools.docs"
+def test_docs_sections_and_schema_are_generated_from_the_code() -> None:
+    """The op table, the codes table and the error example, in whichever page each lives, and the schema
+    are what `python -m tools.docs` writes; no page holds a section that belongs to another."""
+    assert docs.stale() == [], "run python -m tools.docs"
     assert (ROOT / "resnetc" / "library" / "spec.schema.json").read_text() == docs.schema_text()
+
+
+def test_docs_check_finds_a_stale_or_misplaced_section(tmp_path, monkeypatch) -> None:
+    """`--check` names a page whose section is out of date; a section moved to the wrong page is an error."""
+    for relative in {*docs.SECTION_FILES.values(), "README.md"}:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text((ROOT / relative).read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "resnetc" / "library").mkdir(parents=True)
+    (tmp_path / "resnetc" / "library" / "spec.schema.json").write_text(docs.schema_text(), encoding="utf-8")
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    monkeypatch.setattr(docs, "SCHEMA", tmp_path / "resnetc" / "library" / "spec.schema.json")
+    assert docs.stale() == []
+    page = tmp_path / docs.SECTION_FILES["codes"]
+    page.write_text(page.read_text(encoding="utf-8").replace("| `E201` |", "| `E999` |"), encoding="utf-8")
+    assert docs.stale() == [page]
+    assert docs.main(["--check"]) == 1
+    assert docs.main([]) == 0 and docs.stale() == []  # rewriting restores it
+    readme = tmp_path / "README.md"
+    readme.write_text(readme.read_text(encoding="utf-8") + "\n<!-- begin: codes -->\n<!-- end: codes -->\n")
+    with pytest.raises(ValueError, match=re.escape("README.md holds generated section 'codes', which lives in docs/")):
+        docs.stale()
 
 
 def test_registry_is_the_only_list_of_ops() -> None:
@@ -202,6 +225,57 @@ def test_registry_is_the_only_list_of_ops() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             quoted = {name for name in names if f'"{name}"' in line}
             assert len(quoted) < 2, f"{path.relative_to(ROOT)}:{number} lists ops {sorted(quoted)}: ask the registry"
+
+
+def _op_name_uses(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """Where a module decides by an op's name: a comparison or `match` against an op name written as a string
+    (`layer.op == "stage"`, `op in ("add", "mul")`), or a dict keyed by op names (a dispatch table)."""
+    found: list[tuple[int, str]] = []
+
+    def literals(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [value for element in node.elts for value in literals(element)]
+        return []
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for operand in [node.left, *node.comparators]:
+                found += [(node.lineno, name) for name in literals(operand) if name in names]
+        elif isinstance(node, ast.MatchValue):
+            found += [(node.lineno, name) for name in literals(node.value) if name in names]
+        elif isinstance(node, ast.Dict):
+            keys = [name for key in node.keys if key is not None for name in literals(key)]
+            found += [(node.lineno, name) for name in keys if name in names]
+    return found
+
+
+def test_no_module_outside_ops_compares_op_names() -> None:
+    """Structural ops are ops: lowering, the checks and the backends read what an op declares (its expansion,
+    whether it folds into a convolution, ...), never `layer.op == "stage"`."""
+    names = set(ops.REGISTRY)
+    offenders = []
+    for path in sorted((ROOT / "resnetc").rglob("*.py")):
+        if path.parent.name == "ops":
+            continue
+        for line, name in _op_name_uses(ast.parse(path.read_text()), names):
+            offenders.append(f"{path.relative_to(ROOT)}:{line} decides by the op name {name!r}")
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['if layer.op == "stage": pass', 'if "shortcut" != op.name: pass', 'x = node.op in ("add", "conv")',
+     'match op:\n    case "submodule": pass', 'table = {"stage": 1}'],
+)
+def test_the_op_name_check_sees_every_form(source: str) -> None:
+    assert _op_name_uses(ast.parse(source), set(ops.REGISTRY))
+
+
+def test_no_module_over_600_lines() -> None:
+    sizes = {path: len(path.read_text().splitlines()) for path in (ROOT / "resnetc").rglob("*.py")}
+    assert not {str(path.relative_to(ROOT)): n for path, n in sizes.items() if n > 600}
 
 
 def test_a_backend_without_an_op_names_backend_op_and_location(monkeypatch) -> None:

@@ -38,6 +38,7 @@ CODES: dict[str, str] = {
     "E310": "expression cannot be evaluated (division by zero)",
     "E311": "a layer's `module` does not name an earlier layer of the same op and settings",
     "E312": "a block that contains itself through a submodule",
+    "E313": "a block's last_norm, or an init_zeros key, that names no layer with a weight",
     "E401": "invalid layer configuration (groups, padding, channels, ranks)",
     "E402": "shape mismatch where values merge (add, mul)",
     "E403": "spatial size reaches zero",

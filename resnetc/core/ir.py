@@ -70,7 +70,7 @@ class Scope:
     value_channels: dict[str, Expr]  # channels of every value ("input" and each layer's output), as expressions
     output: str
     origin: Origin
-    residual_batchnorms: tuple[str, ...] = ()  # BatchNorms that end a residual branch (zero_init_residual)
+    last_norm: str | None = None  # the declared layer that ends the residual branch (zero_init_residual)
     declared: tuple[str, ...] = ()  # layer names as written, when that differs from `layers` (execution) order
 
     def declared_layers(self) -> list[LayerIR]:
@@ -132,6 +132,7 @@ class Graph:
     nodes: list[Node]
     output: str  # the logits' value, or a backbone's last feature
     features: dict[str, str] = field(default_factory=dict)  # a backbone's outputs: feature name -> value
+    zeros_at_init: tuple[str, ...] = ()  # state_dict keys that start at zero (last norms, `init_zeros`)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -184,6 +185,7 @@ class Model:
     body_shapes: dict[str, Shape]  # output shape of every top-level layer at the spec's input size
     graph: Graph
     outputs: tuple[str, ...] = ()  # a backbone's features (top-level layer names), in the order returned
+    init_zeros: tuple[str, ...] = ()  # the spec's `init_zeros`: keys that start at zero in any case
 
     @property
     def is_backbone(self) -> bool:

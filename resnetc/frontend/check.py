@@ -107,15 +107,7 @@ class _StaticChecks(StageChecks):
             allowed.add(let)
         layers = self._layers(block.layers, located.source, (*located.path, "layers"), allowed, top_level=False)
         by_name = {layer.name: layer for layer in layers}
-        # A BatchNorm feeding an add next to a shortcut ends a residual branch (zero_init_residual zeroes it).
-        shortcuts = {layer.name for layer in layers if ops.expansion(layer.op) is Expansion.RESIDUAL}
-        residual = tuple(
-            name
-            for layer in layers
-            if layer.op == "add" and shortcuts & set(layer.inputs)
-            for name in layer.inputs
-            if name in by_name and ops.get(by_name[name].op).is_norm
-        )
+        self._check_last_norm(block, by_name, located)
         return Scope(
             name,
             class_name,
@@ -126,9 +118,38 @@ class _StaticChecks(StageChecks):
             value_channels(layers, self.blocks),
             list(block.layers)[-1],  # the last layer written is the block's output
             origin,
-            residual,
+            block.last_norm,
             tuple(block.layers),
         )
+
+    def _check_last_norm(self, block: BlockDef, layers: dict[str, LayerIR], located: Located) -> None:
+        """`last_norm` names a layer of the block with a weight of its own (a norm, or a pre-activation block's
+        last convolution), or such a layer of one of its submodules (`conv2.bn`)."""
+        if block.last_norm is None:
+            return
+        where = located.source.value((*located.path, "last_norm"))
+        head, _, rest = block.last_norm.partition(".")
+        layer = layers.get(head)
+        if layer is None:
+            self.fail(
+                where,
+                f"'{head}' is not a layer of this block; 'last_norm' names the layer that ends the residual branch",
+                "E313",
+                did_you_mean(head, list(layers)),
+            )
+            return
+        op = ops.get(layer.op)
+        if rest and op.expansion is Expansion.INSTANCE and layer.block in self.blocks:
+            inner = self.blocks[layer.block]  # type: ignore[index]
+            if rest not in {item.name for item in inner.layers}:
+                self.fail(where, f"'{rest}' is not a layer of block '{inner.name}' (the '{head}' submodule)", "E313")
+                return
+            op = ops.get(inner.layer(rest).op)
+        elif rest:
+            self.fail(where, f"'{head}' is a '{layer.op}' layer, not a submodule with layers of its own", "E313")
+            return
+        if not op.has_weights or layer.module is not None:
+            self.fail(where, f"the last norm must be a layer with a weight of its own, not '{op.name}'", "E313")
 
     def body(self) -> Scope:
         spec = self.loaded.spec
@@ -154,6 +175,9 @@ class _StaticChecks(StageChecks):
                 )
             elif key == "std" and values is not None and any(value <= 0 for value in values):
                 self.fail(source.value(("preprocessing", key)), "a standard deviation must be above 0", "E204")
+        for index, key in enumerate(spec.init_zeros):
+            if key.split(".", 1)[0] not in {layer.name for layer in layers}:
+                self.fail(source.value(("init_zeros", index)), f"'{key}' is not a key of a top-level layer", "E313")
         for index, name in enumerate(spec.outputs or []):
             if name not in {layer.name for layer in layers}:
                 self.fail(

@@ -33,6 +33,9 @@ class BlockDef(StrictModel):
     # Derived integers, computed in order from the parameters: `inner: width * base_width // 64 * groups`.
     let: dict[str, IntExpr] = Field(default_factory=dict)
     layers: dict[str, Layer] = Field(min_length=1)
+    # The layer that ends the residual branch (`bn3`; `conv3` in a pre-activation block; `conv2.bn` inside a
+    # submodule), as timm and torchvision name it: zero_init_residual zeroes its weight.
+    last_norm: str | None = None
 
 
 def _check_class_name(value: str) -> str:
@@ -71,7 +74,9 @@ class Spec(StrictModel):
     shortcut: Literal["A", "B", "C"] = "B"
     projection: str = "projection"  # the block that projects shortcuts (options B and C)
     zero_pad: Literal["end", "split"] = "end"  # option A: zeros after the real channels, or split before/after
-    zero_init_residual: bool = False  # the last BatchNorm of each residual branch starts at gamma = 0
+    zero_init_residual: bool = False  # each block's declared `last_norm` starts at zero (timm: zero_init_last)
+    # state_dict keys that start at zero whatever zero_init_residual says (timm's ResNetV2 zeroes its head bias)
+    init_zeros: list[str] = Field(default_factory=list)
     paper: Paper | None = None
     preprocessing: Preprocessing | None = None
     blocks: dict[str, BlockDef] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ def specs_dir() -> Path:
     packaged = Path(str(resources.files("resnetc"))) / "specs"  # a wheel maps specs/ here
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[3] / "specs"  # a source checkout or editable install
+    return Path(__file__).resolve().parents[2] / "specs"  # a source checkout or editable install
 
 
 def shipped() -> dict[str, Path]:

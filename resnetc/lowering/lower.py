@@ -35,6 +35,7 @@ class _Instantiator:
         self.stages: dict[str, list[BlockInstance]] = {}
         self.parameters = 0
         self.source = loaded.source
+        self.zeros_at_init: list[str] = []  # the weights zero_init_residual zeroes, in module order
         self.current_stage: LayerIR | None = None  # the top-level stage being instantiated
 
     def fail(self, layer: LayerIR, key: str | None, message: str, prefix: str, code: str) -> SpecError:
@@ -84,6 +85,8 @@ class _Instantiator:
             except expressions.ExprError as error:
                 where = scope.origin.source.value((*scope.origin.path, "let", name))
                 raise SpecError.at(where, f"{error} (in {prefix.rstrip('.') or scope.name})", "E310") from None
+        if scope.last_norm is not None and self.spec.zero_init_residual:
+            self.zeros_at_init.append(f"{prefix}{scope.last_norm}.weight")
         values = {"input": source}
         for layer in scope.layers:
             inputs = [values[name] for name in layer.inputs]
@@ -206,7 +209,14 @@ def lower(checked: CheckedSpec) -> Model:
             f"but its last layer '{last.name}' gives {final_shape}",
             "E405",
         )
-    graph = Graph(instantiator.input_shape, instantiator.nodes, output, {name: values[name] for name in outputs})
+    zeros = (*instantiator.zeros_at_init, *loaded.spec.init_zeros)
+    graph = Graph(instantiator.input_shape, instantiator.nodes, output, {name: values[name] for name in outputs}, zeros)
+    tensors = graph.tensors()
+    for index, key in enumerate(loaded.spec.init_zeros):
+        if key not in tensors:
+            raise SpecError.at(
+                loaded.source.value(("init_zeros", index)), f"'{key}' is not a parameter of the model", "E313"
+            )
     verify(graph)
     return Model(
         class_name=loaded.spec.name,
@@ -228,4 +238,5 @@ def lower(checked: CheckedSpec) -> Model:
         body_shapes={layer.name: instantiator.shapes[values[layer.name]] for layer in body.layers},
         graph=graph,
         outputs=outputs,
+        init_zeros=tuple(loaded.spec.init_zeros),
     )

@@ -69,7 +69,7 @@ def fold_batchnorm(graph: Graph, weights: Weights) -> tuple[Graph, Weights, Fold
         folded.append((conv.name, node.name))
     output = renamed.get(graph.output, graph.output)
     features = {name: renamed.get(value, value) for name, value in graph.features.items()}
-    return Graph(graph.input_shape, nodes, output, features), new_weights, FoldReport(folded)
+    return Graph(graph.input_shape, nodes, output, features, graph.zeros_at_init), new_weights, FoldReport(folded)
 
 
 def _rewire(node, renamed: dict[str, str]):

@@ -35,6 +35,8 @@ def initialise(graph: Graph, seed: int = 0) -> Weights:
         op = ops.get(node.op)
         for key, shape in {**node.params, **node.buffers}.items():
             weights[f"{node.name}.{key}"] = op.initial(key, shape, node.params, rng)
+    for key in graph.zeros_at_init:  # declared zeros (zero_init_residual, init_zeros), after the draws
+        weights[key] = np.zeros_like(weights[key])
     return weights
 
 

@@ -159,12 +159,14 @@ class _ClassWriter:
             lines += [f"            {line}" for line in body]
         if not rules:
             lines.append("        pass")
-        blocks = [block for block in self.model.blocks.values() if block.residual_batchnorms]
+        blocks = [block for block in self.model.blocks.values() if block.last_norm is not None]
         if blocks:
             lines += ["    if zero_init_residual:", "        for module in self.modules():"]
             for index, block in enumerate(blocks):
                 lines.append(f"            {'elif' if index else 'if'} isinstance(module, {block.class_name}):")
-                lines += [f"                nn.init.zeros_(module.{name}.weight)" for name in block.residual_batchnorms]
+                lines.append(f"                nn.init.zeros_(module.{block.last_norm}.weight)")
+        # Keys the spec says start at zero whatever zero_init_residual says (`init_zeros`).
+        lines += [f"    nn.init.zeros_(self.get_parameter({key!r}))" for key in self.model.init_zeros]
         return lines
 
     @staticmethod
