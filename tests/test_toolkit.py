@@ -93,10 +93,10 @@ def test_graph_draws_stages_blocks_and_shapes(fmt: str, capsys) -> None:
     assert drawing.count("BasicBlock") == 8
 
 
-def test_readme_embeds_the_mermaid_drawing_of_resnet18() -> None:
+def test_docs_embed_the_mermaid_drawing_of_resnet18() -> None:
     from resnetc.lowering.printer import mermaid
 
-    assert mermaid(resnetc.lower(RESNET18)) in (ROOT / "README.md").read_text()
+    assert mermaid(resnetc.lower(RESNET18)) in (ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_schema_command_prints_the_schema_file(capsys) -> None:
