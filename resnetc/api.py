@@ -226,7 +226,7 @@ def build_onnx(
     # The weights, then the model or its external data buffer: two copies at the peak (measured 1.98x).
     refuse_unallocatable(model.graph, 2, "building the ONNX model")
     arrays, origin, _ = _weights(model, weights, seed, tuple(reinit), strip_prefix)
-    symbols = spatial_symbols(model, [] if static_shape else _at_other_sizes(spec, model, overrides))
+    symbols = None if static_shape else spatial_symbols(model)
     if fold_bn:
         from resnetc.lowering.verify import verify
         from resnetc.passes.fold_batchnorm import fold_batchnorm
@@ -261,21 +261,6 @@ def build_onnx(
             | {"resnetc.dtype": "int8", "resnetc.calibration": f"{Path(str(calibration)).name}, {len(images)} images"},
         )
     return OnnxResult(proto, origin)
-
-
-def _at_other_sizes(spec: SpecLike, model: Model, overrides: dict[str, object]) -> list[Model]:
-    """The same spec lowered at two other input sizes, so that the ONNX graph's spatial symbols say which
-    tensors share a size at every input size (not only at the spec's)."""
-    if isinstance(spec, Model):
-        return []
-    _, height, width = model.input_shape
-    others = []
-    for size in ((height + 1, width + 2), (height + 3, width + 1)):
-        try:
-            others.append(lower(spec, **{**overrides, "input_size": size}))
-        except SpecError:  # a head sized for the spec's input (flatten + linear): the spec's size alone
-            return []
-    return others
 
 
 def to_onnx(spec: SpecLike, weights: WeightsLike = None, **options: Any) -> onnx.ModelProto:

@@ -11,6 +11,7 @@ from typing import Any
 
 from resnetc import ops
 from resnetc.core import expr as expressions
+from resnetc.core.dims import Size
 from resnetc.core.errors import Diagnostic, Location, SpecError
 from resnetc.core.expr import Const
 from resnetc.core.ir import BlockInstance, Graph, LayerIR, Model, Node, Scope
@@ -29,7 +30,9 @@ class _Instantiator:
         loaded = checked.loaded
         self.spec = loaded.spec
         self.blocks = checked.blocks
-        self.input_shape = tuple(self.spec.input)
+        channels, height, width = self.spec.input
+        # Height and width are symbolic sizes: every shape below says how it follows from them.
+        self.input_shape = (channels, Size.of_input("H", height), Size.of_input("W", width))
         self.nodes: list[Node] = []
         self.shapes: dict[str, tuple[int, ...]] = {"input": self.input_shape}
         self.stages: dict[str, list[BlockInstance]] = {}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from resnetc.core.dims import Size, unknown
 from resnetc.core.errors import SpecError
 from resnetc.core.expr import Expr
 from resnetc.ops.fields import StrictModel, expression_fields, rate_fields
@@ -227,10 +228,10 @@ def positive(attrs: Attrs, *keys: str) -> None:
 
 def window(size: int, kernel: int, stride: int, padding: int, dilation: int, what: str, ceil_mode: bool = False) -> int:
     """Output size of a sliding window, PyTorch's rule (with ceil_mode, a last window must start inside
-    the input or its left padding)."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    the input or its left padding). A symbolic `Size` in gives one out, with its form where it has one."""
+    span = int(size) + 2 * padding - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil_mode else span // stride) + 1 if span >= 0 else 0
-    if ceil_mode and out > 0 and (out - 1) * stride >= size + padding:
+    if ceil_mode and out > 0 and (out - 1) * stride >= int(size) + padding:
         out -= 1
     if out < 1:
         raise ShapeError(
@@ -239,4 +240,16 @@ def window(size: int, kernel: int, stride: int, padding: int, dilation: int, wha
             "kernel",
             "E403",
         )
-    return out
+    if not isinstance(size, Size):
+        return out
+    extent = dilation * (kernel - 1) + 1
+    symbolic = size + 2 * padding - extent
+    if not ceil_mode:
+        return (symbolic // stride + 1).with_value(out)  # type: ignore[union-attr]
+    # The last window is dropped where it would start in the right padding: (-span mod stride) >= extent - padding.
+    reach = extent - padding
+    if reach <= 0:  # always dropped
+        return (-(-symbolic // stride)).with_value(out)  # type: ignore[union-attr]
+    if reach >= stride:  # never dropped
+        return (-(-symbolic // stride) + 1).with_value(out)  # type: ignore[union-attr]
+    return unknown(out, size)  # dropped at some sizes only: depends on the size modulo the stride

@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from resnetc import ops
+from resnetc.core.dims import Size
 from resnetc.core.errors import UsageError
 from resnetc.core.ir import Model, Node
 from resnetc.ops.base import unsupported
@@ -56,32 +57,35 @@ class _GraphBuilder:
         return name
 
 
-def spatial_symbols(model: Model, others: list[Model]) -> dict[str, tuple[str | int, str | int]]:
+def spatial_symbols(model: Model) -> dict[str, tuple[str | int, str | int]]:
     """A symbol for the height and width of every (C, H, W) value: `H`, `W` for the input's, `H_2` for half of
-    it, and so on. Values get one symbol where their sizes are equal at the spec's size and at the other
-    sizes in `others` (the same spec lowered at other input sizes), so equal symbols mean equal sizes."""
-    sizes = [model.graph, *(other.graph for other in others)]
-    shapes = [{node.name: node.shape for node in graph.nodes} | {"input": graph.input_shape} for graph in sizes]
+    it, and so on. Sizes with one form (`floor((H + 1) / 2)`, from `resnetc.core.dims`) share a symbol, so equal
+    symbols mean equal sizes at every input size; a size that does not depend on the input (a global pool's
+    1x1) is that number, and one whose form is unknown gets a symbol of its own."""
+    graph = model.graph
+    shapes = {node.name: node.shape for node in graph.nodes} | {"input": graph.input_shape}
     symbols: dict[str, tuple[str | int, str | int]] = {}
-    taken: dict[tuple[str, tuple[int, ...]], str] = {}
-    for value in ["input", *(node.name for node in model.graph.nodes)]:
-        if len(shapes[0][value]) != 3 or any(value not in table or len(table[value]) != 3 for table in shapes):
+    taken: dict[object, str] = {}
+    for value in ["input", *(node.name for node in graph.nodes)]:
+        shape = shapes[value]
+        if len(shape) != 3:
             continue
         pair: list[str | int] = []
         for axis, letter in ((1, "H"), (2, "W")):
-            signature = tuple(table[value][axis] for table in shapes)
-            if signature[0] == 1 and len(set(signature)) == 1:  # a global pool's 1x1: the same at every size
-                pair.append(1)
+            size = shape[axis]
+            if not isinstance(size, Size):  # the same at every input size
+                pair.append(int(size))
                 continue
-            if (letter, signature) not in taken:
-                stride = max(1, round(shapes[0]["input"][axis] / signature[0]))
+            key: object = size.form if size.form is not None else (value, axis)
+            if key not in taken:
+                stride = max(1, round(shapes["input"][axis] / size))
                 base = letter if stride == 1 else f"{letter}_{stride}"
                 used = set(taken.values())
                 name, extra = base, 2
                 while name in used:
                     name, extra = f"{base}_{extra}", extra + 1
-                taken[(letter, signature)] = name
-            pair.append(taken[(letter, signature)])
+                taken[key] = name
+            pair.append(taken[key])
         symbols[value] = (pair[0], pair[1])
     return symbols
 
@@ -91,8 +95,8 @@ def _dims(shape: tuple[int, ...], symbols: tuple[str | int, str | int] | None, b
     `symbols` is None (a static-shape build)."""
     leading: list[int | str] = ["N" if batch is None else batch]
     if len(shape) == 3 and symbols is not None:
-        return [*leading, shape[0], *symbols]
-    return [*leading, *shape]
+        return [*leading, int(shape[0]), *symbols]
+    return [*leading, *(int(size) for size in shape)]
 
 
 def preprocessing_metadata(model: Model) -> dict[str, str]:
@@ -159,7 +163,7 @@ def build(
     if dtype != "float32":
         for value, name in named.items():
             nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
-    symbols = {} if static else (symbols or spatial_symbols(model, []))
+    symbols = {} if static else (symbols or spatial_symbols(model))
     compute = onnx_type if dtype != "float32" else TensorProto.FLOAT
     outputs = set(named.values())
     onnx_graph = helper.make_graph(
