@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from resnetc.core.errors import Location, SpecError, UsageError
 from resnetc.core.ir import Model
+from resnetc.core.options import Options
 from resnetc.frontend.check import check
 from resnetc.frontend.load import LoadedSpec, load_spec
 from resnetc.lowering.analysis import Summary, summarize
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 SpecLike = str | Path | LoadedSpec | Model
 WeightsLike = Union[str, Path, "Weights", None]
-TARGETS = ("torch", "onnx", "all", "triton")  # all: torch and onnx; triton: a model repository
 DEFAULT_OUT = Path("generated")
 
 
@@ -196,53 +196,56 @@ def build_onnx(
     layers left at their seeded initialisation instead of the file's (fine-tuning a new head);
     `strip_prefix` removes a wrapper's prefix (`module.`) from the file's keys. `static_shape` fixes the
     input (the spec's size or `input_size`, `batch` samples, 1 by default) and writes every shape concrete."""
-    from resnetc.backends.onnx.graph import build, spatial_symbols
-
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 65536):
-        raise UsageError(f"--batch must be between 1 and 65536, got {batch!r}")
-    if batch is not None and not static_shape:
-        raise UsageError("--batch fixes the batch of a static-shape graph: give --static-shape too")
-    model = lowered or lower(spec, **overrides)  # `lowered`: the spec's model, already lowered by the caller
-    from resnetc.backends.onnx.graph import external_data, needs_external_data
-
-    external = (
-        f"{model.stem}.onnx.data" if needs_external_data(model, "float32" if dtype == "int8" else dtype) else None
+    options = Options(
+        target="onnx",
+        weights=weights,
+        opset=opset,
+        dtype=dtype,
+        fold_bn=fold_bn,
+        seed=seed,
+        reinit=tuple(reinit),
+        strip_prefix=strip_prefix,
+        static_shape=static_shape,
+        batch=batch,
+        calibration=calibration,
+        keep_batch=keep_batch,
     )
-    if external is not None and (dtype == "int8" or fold_bn):
+    return _onnx(lowered or lower(spec, **overrides), options)  # `lowered`: already lowered by the caller
+
+
+def _onnx(model: Model, options: Options) -> OnnxResult:
+    """The ONNX model of a lowered model under validated options: weights, IR passes, the graph, int8."""
+    from resnetc import passes
+    from resnetc.backends.onnx.graph import build, external_data, needs_external_data, spatial_symbols
+
+    dtype = options.dtype
+    external = f"{model.stem}.onnx.data" if needs_external_data(model, options.compute_dtype) else None
+    if external is not None and options.folds_batchnorm:
         raise UsageError(
             "a model with over 2 GiB of weights is written with external data, which --dtype int8 "
             "and --fold-bn do not support yet"
         )
-    if (dtype == "int8") != (calibration is not None):
-        raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
     images = None
-    if calibration is not None:  # checked before anything is built: a bad file costs nothing
+    if options.calibration is not None:  # checked before anything is built: a bad file costs nothing
         from resnetc.backends.onnx.quantize import read_calibration
 
-        images = read_calibration(calibration, model.input_shape[0])
-        fold_bn = True  # no fp32 BatchNorm left between quantized convolutions
+        images = read_calibration(options.calibration, model.input_shape[0])
     from resnetc.weights.arrays import refuse_unallocatable
 
     # The weights, then the model or its external data buffer: two copies at the peak (measured 1.98x).
     refuse_unallocatable(model.graph, 2, "building the ONNX model")
-    arrays, origin, _ = _weights(model, weights, seed, tuple(reinit), strip_prefix)
-    symbols = None if static_shape else spatial_symbols(model)
-    if fold_bn:
-        from resnetc.lowering.verify import verify
-        from resnetc.passes.fold_batchnorm import fold_batchnorm
-
-        graph, arrays, report = fold_batchnorm(model.graph, arrays)
-        verify(graph)
-        model = replace(model, graph=graph)
-        origin += f"; {report}"
+    arrays, origin, _ = _weights(model, options.weights, options.seed, options.reinit, options.strip_prefix)
+    symbols = None if options.static_shape else spatial_symbols(model)
+    model, arrays, reports = passes.run(model, arrays, options)
+    origin += "".join(f"; {report}" for report in reports)
     proto = build(
         model,
         arrays,
-        opset=opset,
-        dtype="float32" if dtype == "int8" else dtype,
+        opset=options.onnx_opset,
+        dtype=options.compute_dtype,
         symbols=symbols,
-        static=static_shape,
-        batch=None if not static_shape or keep_batch else (batch or 1),
+        static=options.static_shape,
+        batch=options.onnx_batch,
         external=external,
     )
     if external is not None:
@@ -255,10 +258,11 @@ def build_onnx(
 
         proto, report = quantize(proto, images)
         origin += f"; {report}"
+        calibration = f"{Path(str(options.calibration)).name}, {len(images)} images"
         helper.set_model_props(
             proto,
             {entry.key: entry.value for entry in proto.metadata_props}
-            | {"resnetc.dtype": "int8", "resnetc.calibration": f"{Path(str(calibration)).name}, {len(images)} images"},
+            | {"resnetc.dtype": "int8", "resnetc.calibration": calibration},
         )
     return OnnxResult(proto, origin)
 
@@ -324,51 +328,30 @@ def compile_spec(
     in memory first, so a bad spec or weights file writes nothing."""
     from resnetc.core.files import refresh_bytecode, same_content, write_all_atomic
 
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
-    if target == "torch":  # options that only the ONNX model can take: refused, never silently ignored
-        onnx_only = {
-            "--weights": weights is not None,
-            "--opset": opset is not None,
-            "--dtype": dtype != "float32",
-            "--fold-bn": fold_bn,
-            "--reinit": bool(reinit),
-            "--strip-prefix": strip_prefix is not None,
-            "--static-shape": static_shape,
-            "--batch": batch is not None,
-            "--calibration": calibration is not None,
-        }
-        given = [flag for flag, is_given in onnx_only.items() if is_given]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the ONNX model, which "
-                "--target torch (the default) does not write: add --target onnx or --target all"
-            )
+    options = Options(  # every combination checked here, before the spec is read
+        target=target,
+        weights=weights,
+        opset=opset,
+        dtype=dtype,
+        fold_bn=fold_bn,
+        reinit=tuple(reinit),
+        strip_prefix=strip_prefix,
+        static_shape=static_shape,
+        batch=batch,
+        calibration=calibration,
+        check=check,
+        keep_batch=target == "triton",  # Triton batches dynamically: the batch stays symbolic
+    )
     loaded = override(spec, **overrides)  # type: ignore[arg-type]
     _module_name_problem(loaded)
     model = lower(loaded)
     out_dir = Path(out_dir)
     outputs: dict[Path, bytes | bytearray] = {}
     result = CompileResult()
-    if target in ("torch", "all"):
+    if options.emits_torch:
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
-    if target == "triton" and batch is not None:  # before anything is built
-        raise UsageError("a Triton repository batches dynamically: leave --batch out (--static-shape fixes H, W)")
-    if target in ("onnx", "all", "triton"):
-        built = build_onnx(
-            loaded,
-            weights,
-            opset=17 if opset is None else opset,
-            dtype=dtype,
-            fold_bn=fold_bn,
-            reinit=reinit,
-            strip_prefix=strip_prefix,
-            static_shape=static_shape,
-            batch=batch,
-            lowered=model,
-            keep_batch=target == "triton",  # Triton batches dynamically: the batch stays symbolic
-            calibration=calibration,
-        )
+    if options.emits_onnx:
+        built = _onnx(model, options)
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
             from resnetc.backends.onnx.triton import config
 
