@@ -143,6 +143,27 @@ class LeakyReLU(Op):
         return True
 
 
+class ELUFields(LayerFields):
+    op: Literal["elu"]
+    alpha: float = Field(default=1.0, allow_inf_nan=False)
+
+
+@register
+class ELU(Op):
+    fields = ELUFields
+    doc = "x for x > 0, alpha * (exp(x) - 1) below (`nn.ELU`, ONNX `Elu`)"
+    example: ClassVar[dict[str, Any]] = {"alpha": 0.5}
+
+    # Never in place: in-place ELU's backward reads its output, which a later in-place op could overwrite.
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        return source.call("nn.ELU", source.keywords([("alpha", float(layer.attrs["alpha"]), 1.0)]))
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.node("Elu", inputs, [output], node.name, alpha=float(node.attrs["alpha"]))
+        return True
+
+
 class HardswishFields(LayerFields):
     op: Literal["hardswish"]
 
