@@ -53,3 +53,43 @@ def test_a_size_is_an_int_and_only_exact_arithmetic_keeps_its_form() -> None:
     assert type(half * 3) is int and type(half + half) is int and half + half == 224  # not exact: a plain int
     assert type(half - height) is int and half - height == -112 and type(height // half) is int
     assert f"{half}" == "112" and repr(half) == "112"
+
+
+DILATED_EVEN_KERNEL = """version: 1
+name: Net
+input: [3, 16, 16]
+num_classes: 4
+blocks:
+  dilated:
+    params: {dilation: 2}
+    layers:
+      conv: {op: conv, out: 8, kernel: 2, dilation: dilation}
+layers:
+  stem: {op: conv, out: 8, kernel: 4, dilation: 2}
+  body: {op: submodule, block: dilated}
+  pool: {op: global_avg_pool}
+  flat: {op: flatten}
+  fc: {op: linear, out: num_classes}
+"""
+
+
+def test_a_default_is_one_rule_for_both_backends() -> None:
+    """'Same' padding, dilation * (kernel - 1) // 2, is written once (Conv.defaults): an even kernel with a
+    dilation gets the same padding in the generated module as in the IR and the ONNX graph."""
+    import numpy as np
+    import torch
+
+    from resnetc.frontend.load import load_spec_text
+    from tests.conftest import cpu_session
+
+    loaded = load_spec_text(DILATED_EVEN_KERNEL, "net.yaml")
+    model = resnetc.lower(loaded)
+    assert model.graph.node("stem").attrs["padding"] == 3 and model.graph.node("body.conv").attrs["padding"] == 1
+    module = resnetc.build(loaded).eval()
+    assert module.stem.padding == (3, 3) and module.body.conv.padding == (1, 1)
+    state = {key: value.detach().numpy() for key, value in module.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16), dtype=np.float32)
+    session = cpu_session(resnetc.to_onnx(loaded, state))
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, rtol=1e-4, atol=1e-4)

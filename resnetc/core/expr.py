@@ -193,3 +193,44 @@ def fold(node: Expr) -> Expr:
         except ExprError:
             return node
     return node
+
+
+# ---- arithmetic over numbers or expressions: one rule serves the concrete and the symbolic -------------------
+
+Operand = int | Expr
+
+
+def _const(value: Operand) -> Expr:
+    return Const(value) if isinstance(value, int) else value
+
+
+def _combine(op: str, left: Operand, right: Operand) -> Operand:
+    if isinstance(left, int) and isinstance(right, int):  # both numbers: a number
+        return evaluate(BinOp(op, Const(left), Const(right)), {})
+    return fold(BinOp(op, _const(left), _const(right)))
+
+
+def plus(left: Operand, right: Operand) -> Operand:
+    return left if right in (0, Const(0)) else _combine("+", left, right)
+
+
+def minus(left: Operand, right: Operand) -> Operand:
+    return left if right in (0, Const(0)) else _combine("-", left, right)
+
+
+def times(left: Operand, right: Operand) -> Operand:
+    if right in (1, Const(1)):
+        return left
+    if right in (0, Const(0)) and not isinstance(left, int):
+        return Const(0)
+    return _combine("*", left, right)
+
+
+def floor_div(left: Operand, right: Operand) -> Operand:
+    """`left // right`; (x * k) // d is written x * (k // d) where d divides k, so `dilation * 2 // 2` is
+    `dilation`, as a person would write it."""
+    divisor = right.value if isinstance(right, Const) else right
+    if isinstance(left, BinOp) and left.op == "*" and isinstance(left.right, Const) and isinstance(divisor, int):
+        if divisor != 0 and left.right.value % divisor == 0:
+            return times(left.left, Const(left.right.value // divisor))
+    return left if right in (1, Const(1)) else _combine("//", left, right)

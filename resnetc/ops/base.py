@@ -166,6 +166,11 @@ class Op:
             listed.append((info.alias or key, default))
         return listed
 
+    def defaults(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The attributes with every derived default filled in (a convolution's 'same' padding, a pool's stride).
+        The one place each rule is written: it reads numbers (lowering) or expressions (the PyTorch backend)."""
+        return attrs
+
     def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
         """The output's channels as an expression over the block's parameters (attributes unevaluated)."""
         return inputs[0]

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from resnetc.core.expr import BinOp, Const, Expr
+from resnetc.core import expr as expressions
+from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
 from resnetc.ops.fields import IntExpr, LayerFields
@@ -55,11 +56,17 @@ class Conv(Op):
     def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
         return attrs["out"]
 
+    def defaults(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["padding"] is not None:
+            return attrs
+        same = expressions.floor_div(expressions.times(attrs["dilation"], expressions.minus(attrs["kernel"], 1)), 2)
+        return {**attrs, "padding": same}  # 'same' at stride 1: dilation * (kernel - 1) // 2
+
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, "conv")
         positive(attrs, "out", "kernel", "stride", "groups", "dilation")
         out, kernel, stride, groups, dilation = (attrs[k] for k in ("out", "kernel", "stride", "groups", "dilation"))
-        padding = dilation * (kernel - 1) // 2 if attrs["padding"] is None else attrs["padding"]
+        padding = self.defaults(attrs)["padding"]
         if padding < 0:
             raise ShapeError(f"padding must not be negative, got {padding}", "padding")
         if channels % groups:
@@ -84,18 +91,12 @@ class Conv(Op):
         return fan_in_uniform(rng, shape, params["weight"])
 
     def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
-        a = layer.attrs
-        padding = a["padding"]
-        if padding is None and isinstance(a["kernel"], Const):  # dilation * half the kernel: `dilation` for 3x3
-            half = (a["kernel"].value - 1) // 2
-            padding = a["dilation"] if half == 1 else source.fold(BinOp("*", a["dilation"], Const(half)))
-        elif padding is None:
-            padding = source.fold(BinOp("//", BinOp("*", a["dilation"], BinOp("-", a["kernel"], Const(1))), Const(2)))
+        a = self.defaults(layer.attrs)
         options = source.keywords(
             [
                 ("kernel_size", a["kernel"], None),
                 ("stride", a["stride"], Const(1)),
-                ("padding", padding, Const(0)),
+                ("padding", a["padding"], Const(0)),
                 ("dilation", a["dilation"], Const(1)),
                 ("groups", a["groups"], Const(1)),
                 ("bias", a["bias"], True),

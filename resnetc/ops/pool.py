@@ -37,9 +37,12 @@ class _WindowPool(Op):
     torch_class = ""
     onnx_type = ""
 
+    def defaults(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return attrs if attrs["stride"] is not None else {**attrs, "stride": attrs["kernel"]}  # as PyTorch's
+
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, self.name)
-        stride = attrs["kernel"] if attrs["stride"] is None else attrs["stride"]
+        stride = self.defaults(attrs)["stride"]
         positive({**attrs, "stride": stride}, "kernel", "stride")
         kernel, padding, ceil_mode = attrs["kernel"], attrs["padding"], bool(attrs["ceil_mode"])
         if not 0 <= padding <= kernel // 2:
@@ -49,11 +52,10 @@ class _WindowPool(Op):
         return Inferred(shape=(channels, out_h, out_w), resolved={"stride": stride})
 
     def options(self, layer: LayerIR) -> str:
-        a = layer.attrs
-        stride = a["stride"] if a["stride"] is not None else a["kernel"]
+        a = self.defaults(layer.attrs)
         pairs = [
             ("kernel_size", a["kernel"], None),
-            ("stride", stride, a["kernel"]),
+            ("stride", a["stride"], a["kernel"]),
             ("padding", a["padding"], 0),
             ("ceil_mode", a["ceil_mode"], False),
         ]
