@@ -185,6 +185,11 @@ class Op:
 
     # ---- PyTorch ---------------------------------------------------------------------------------
 
+    def returns_input(self, attrs: dict[str, Any]) -> bool:
+        """Whether the output may be the input tensor itself (a view, an identity, an op that is the identity at
+        some settings). Attributes may be expressions: where the answer depends on one, it is True."""
+        return self.aliases_input
+
     def in_place(self, attrs: dict[str, Any]) -> bool:
         """Whether the op can overwrite its input (where the IR's alias analysis says it may)."""
         return False

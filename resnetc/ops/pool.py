@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from resnetc.core.expr import Expr
+from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
 from resnetc.ops.fields import IntExpr, LayerFields
@@ -144,6 +144,11 @@ class BlurPool(Op):
     )
     torch_helper_name = "BlurPool2d"
     example: ClassVar[dict[str, Any]] = {"stride": 2}
+
+    def returns_input(self, attrs: dict[str, Any]) -> bool:
+        stride = attrs["stride"]
+        known = stride.value if isinstance(stride, Const) else stride if isinstance(stride, int) else None
+        return known in (None, 1)  # the identity at stride 1, or where the stride is a block's parameter
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, "blur_pool")

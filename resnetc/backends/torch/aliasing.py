@@ -2,11 +2,12 @@
 
 PyTorch runs an op in place (`nn.ReLU(inplace=True)`) by overwriting its input's storage. That is
 safe only when nothing else will read that storage, under any name: an identity shortcut, a
-dropout in eval mode, a flatten view or a block whose output is its input all hand on the *same*
-tensor. So values are grouped by storage (a class per tensor actually allocated), and an op may
+dropout in eval mode, a flatten view, a blur pool at stride 1 or a block whose output is its input all
+hand on the *same* tensor (each op says so: `Op.returns_input`). So values are grouped by storage (a class per tensor actually allocated), and an op may
 overwrite its input only when
 - the class is not the scope's input (the caller's tensor, which the caller may still read),
-- no other layer reads the class, before or after, and the scope does not return it,
+- no other layer reads the class, before or after, and the scope does not return it (a backbone returns
+  several values),
 - and autograd did not keep the class for backward (ReLU and sigmoid keep their outputs; an op that
   ran in place keeps its result).
 The ONNX graph never aliases, so a wrong answer here is what made the backends disagree.
@@ -35,13 +36,14 @@ class Aliasing:
         return self.storage[value] in self.kept
 
 
-def analyse(scope: Scope, blocks: dict[str, Scope]) -> Aliasing:
-    """Storage classes and in-place decisions of `scope` (`blocks`: the block types its stages use)."""
+def analyse(scope: Scope, blocks: dict[str, Scope], returned: tuple[str, ...] = ()) -> Aliasing:
+    """Storage classes and in-place decisions of `scope` (`blocks`: the block types its stages use). `returned`:
+    the values the scope returns besides its output (a backbone's features), each read once more at the end."""
     storage: dict[str, str] = {INPUT: INPUT}
     kept: set[str] = set()
     for layer in scope.layers:
         op = ops.get(layer.op)
-        aliases, keeps = op.aliases_input, op.saves_output
+        aliases, keeps = op.returns_input(layer.attrs), op.saves_output
         if (
             ops.get(layer.op).instantiates_block and layer.block in blocks
         ):  # a block may hand its input on, or end in a ReLU
@@ -60,7 +62,8 @@ def analyse(scope: Scope, blocks: dict[str, Scope]) -> Aliasing:
         for value in dict.fromkeys(layer.inputs[1:] if hands_on else layer.inputs):
             if index not in reads.setdefault(storage[value], []):
                 reads[storage[value]].append(index)
-    reads.setdefault(storage[scope.output], []).append(len(scope.layers))  # returned to the caller
+    for value in dict.fromkeys((scope.output, *returned)):  # returned to the caller: read after every layer
+        reads.setdefault(storage[value], []).append(len(scope.layers))
     in_place: set[str] = set()
     for index, layer in enumerate(scope.layers):
         op = ops.get(layer.op)

@@ -95,7 +95,8 @@ class _ClassWriter:
 
     def aliasing(self, scope: Scope) -> Aliasing:
         if scope.name not in self._aliasing:
-            self._aliasing[scope.name] = analyse(scope, self.model.blocks)
+            returned = self.model.outputs if scope is self.model.body else ()
+            self._aliasing[scope.name] = analyse(scope, self.model.blocks, returned)
         return self._aliasing[scope.name]
 
     def block(self, scope: Scope) -> dict[str, object]:
