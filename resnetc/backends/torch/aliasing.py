@@ -3,8 +3,8 @@
 PyTorch runs an op in place (`nn.ReLU(inplace=True)`) by overwriting its input's storage. That is
 safe only when nothing else will read that storage, under any name: an identity shortcut, a
 dropout in eval mode, a flatten view, a blur pool at stride 1 or a block whose output is its input all
-hand on the *same* tensor (each op says so: `Op.returns_input`). So values are grouped by storage (a class per tensor actually allocated), and an op may
-overwrite its input only when
+hand on the *same* tensor (each op says so: `Op.returns_input`). So values are grouped by storage
+(a class per tensor actually allocated), and an op may overwrite its input only when
 - the class is not the scope's input (the caller's tensor, which the caller may still read),
 - no other layer reads the class, before or after, and the scope does not return it (a backbone returns
   several values),
