@@ -39,12 +39,16 @@ CODES: dict[str, str] = {
     "E311": "a layer's `module` does not name an earlier layer of the same op and settings",
     "E312": "a block that contains itself through a submodule",
     "E313": "a block's last_norm, or an init_zeros key, that names no layer with a weight",
+    "E314": "an expression or constant too large for the targets (terms, 64-bit integers, float range)",
+    "E315": "a reference cycle (a shortcut's project_from that depends on the shortcut itself)",
+    "E316": "a value listed twice in outputs",
     "E401": "invalid layer configuration (groups, padding, channels, ranks)",
     "E402": "shape mismatch where values merge (add, mul)",
     "E403": "spatial size reaches zero",
     "E404": "model too large",
     "E405": "the model does not end in (num_classes,)",
     "E406": "the chosen backend or opset cannot express an op",
+    "E407": "a constant that the chosen dtype cannot hold (infinite in float16)",
 }
 
 

@@ -137,8 +137,13 @@ def names(node: Expr) -> list[str]:
     return []
 
 
+INT64 = 2**63  # every value must fit the targets' int64: ONNX attributes and shapes, torch sizes
+MAX_TERMS = 1_000  # an expression, its lets inlined, has at most this many terms (real blocks: under 20)
+
+
 def evaluate(node: Expr, env: dict[str, int]) -> int:
-    """The integer value of an expression; ExprError for unknown names or division by zero."""
+    """The integer value of an expression; ExprError for unknown names, division by zero, or a value (final or
+    intermediate) beyond int64, which no target can hold (and which would let `a * a` chains grow without bound)."""
     if isinstance(node, Const):
         return node.value
     if isinstance(node, Name):
@@ -146,17 +151,35 @@ def evaluate(node: Expr, env: dict[str, int]) -> int:
             raise ExprError(f"unknown parameter '{node.id}'")
         return env[node.id]
     if isinstance(node, Neg):
-        return -evaluate(node.operand, env)
+        return _bounded(-evaluate(node.operand, env))
     left, right = evaluate(node.left, env), evaluate(node.right, env)
     if node.op == "+":
-        return left + right
+        return _bounded(left + right)
     if node.op == "-":
-        return left - right
+        return _bounded(left - right)
     if node.op == "*":
-        return left * right
+        return _bounded(left * right)
     if right == 0:
         raise ExprError("division by zero in expression")
     return left // right
+
+
+def _bounded(value: int) -> int:
+    if not -INT64 <= value < INT64:
+        raise ExprError("the expression's value does not fit 64 bits")
+    return value
+
+
+def terms(node: Expr, inlined: dict[str, int] | None = None) -> int:
+    """How many terms the expression has once the names in `inlined` (name -> its own term count) are
+    replaced by their expressions: counted, never built, so a chain of lets costs nothing to measure."""
+    if isinstance(node, Name):
+        return (inlined or {}).get(node.id, 1)
+    if isinstance(node, Const):
+        return 1
+    if isinstance(node, Neg):
+        return 1 + terms(node.operand, inlined)
+    return 1 + terms(node.left, inlined) + terms(node.right, inlined)
 
 
 def substitute(node: Expr, env: dict[str, Expr]) -> Expr:

@@ -16,7 +16,7 @@ from resnetc.core import expr as expressions
 from resnetc.core.errors import Diagnostic, SpecError, did_you_mean
 from resnetc.core.expr import Const, Expr
 from resnetc.core.ir import AttrValue, LayerIR, Origin, Scope
-from resnetc.core.limits import MAX_REPEAT
+from resnetc.core.limits import MAX_BLOCK_NESTING, MAX_LAYERS, MAX_OUTPUTS, MAX_REPEAT
 from resnetc.core.source import Path as DocPath
 from resnetc.core.source import SourceMap
 from resnetc.frontend.channels import value_channels
@@ -54,6 +54,9 @@ class _StaticChecks(StageChecks):
             return self.blocks[name]
         if name in self._building:
             self.fail(used_at.at(key), f"block '{name}' contains itself (through a submodule)", "E312")
+            return None
+        if len(self._building) >= MAX_BLOCK_NESTING:  # every later pass recurses once per level
+            self.fail(used_at.at(key), f"blocks nest deeper than {MAX_BLOCK_NESTING} levels", "E404")
             return None
         located = self.loaded.blocks.get(name)
         if located is None:
@@ -95,6 +98,7 @@ class _StaticChecks(StageChecks):
                 self.fail(located.source.key((*located.path, "params", param)), f"parameter {problem}", "E302")
         allowed = set(block.params) | {"in_channels"}
         lets: dict[str, Expr] = {}
+        inlined: dict[str, int] = {}  # each let's term count with the lets it reads inlined
         for let, value in block.let.items():
             key_origin = Origin(located.source, (*located.path, "let"))
             if (problem := identifier_problem(let, RESERVED_PARAM_NAMES)) is not None or let in allowed:
@@ -104,6 +108,16 @@ class _StaticChecks(StageChecks):
                     "E302",
                 )
             lets[let] = self._expression(value, allowed, key_origin, let) or Const(0)
+            inlined[let] = expressions.terms(lets[let], inlined)
+            if inlined[let] > expressions.MAX_TERMS:  # output channels inline the lets: bounded before building
+                self.fail(
+                    located.source.value((*located.path, "let", let)),
+                    f"'{let}' expands to an expression of {inlined[let]:,} terms once the lets it reads are "
+                    f"inlined (at most {expressions.MAX_TERMS:,})",
+                    "E314",
+                )
+                lets[let] = Const(0)
+                inlined[let] = 1
             allowed.add(let)
         layers = self._layers(block.layers, located.source, (*located.path, "layers"), allowed, top_level=False)
         by_name = {layer.name: layer for layer in layers}
@@ -178,8 +192,16 @@ class _StaticChecks(StageChecks):
         for index, key in enumerate(spec.init_zeros):
             if key.split(".", 1)[0] not in {layer.name for layer in layers}:
                 self.fail(source.value(("init_zeros", index)), f"'{key}' is not a key of a top-level layer", "E313")
+        if len(spec.outputs or []) > MAX_OUTPUTS:
+            self.fail(source.value(("outputs",)), f"a model returns at most {MAX_OUTPUTS} outputs", "E404")
         for index, name in enumerate(spec.outputs or []):
-            if name not in {layer.name for layer in layers}:
+            if name in (spec.outputs or [])[:index]:
+                self.fail(
+                    source.value(("outputs", index)),
+                    f"'{name}' is listed twice in outputs (each feature is returned once)",
+                    "E316",
+                )
+            elif name not in {layer.name for layer in layers}:
                 self.fail(
                     source.value(("outputs", index)),
                     f"'{name}' is not a top-level layer; 'outputs' can name: "
@@ -287,6 +309,8 @@ class _StaticChecks(StageChecks):
         self, layers: dict[str, Layer], source: SourceMap, path: DocPath, allowed: set[str], top_level: bool
     ) -> tuple[LayerIR, ...]:
         result: list[LayerIR] = []
+        if len(layers) > MAX_LAYERS:
+            self.fail(source.value(path), f"more than {MAX_LAYERS:,} layers in one block or model body", "E404")
         sequential = all(name == str(i) for i, name in enumerate(layers))
         place = TOP if top_level else SEQUENTIAL if sequential else BLOCK
         for index, (name, layer) in enumerate(layers.items()):
@@ -375,17 +399,34 @@ class _StaticChecks(StageChecks):
 
     def _execution_order(self, layers: list[LayerIR]) -> tuple[LayerIR, ...]:
         """The declared order, except that a layer waits until its inputs exist (a shortcut declared before
-        the value it projects). A cycle cannot arise: only a shortcut's `project_from` may look ahead, and
-        what it names cannot read the shortcut before it exists."""
+        the value it projects). Only a shortcut's `project_from` may look ahead; if what it names depends on
+        the shortcut itself, nothing can go first: a located E315."""
         done, ordered, waiting = {"input"}, [], list(layers)
         while waiting:
             ready = next((layer for layer in waiting if set(layer.inputs) <= done), None)
-            if ready is None:  # a value never defined: already reported by _inputs
+            if ready is None:
+                self._report_cycle(layers, waiting)
                 return tuple(ordered + waiting)
             waiting.remove(ready)
             ordered.append(ready)
             done.add(ready.name)
         return tuple(ordered)
+
+    def _report_cycle(self, layers: list[LayerIR], waiting: list[LayerIR]) -> None:
+        """Only a shortcut's project_from may look ahead; any other reference to a later layer (or to itself)
+        is already reported by _inputs (E307). If every reference is otherwise valid, project_from closes a
+        cycle: E315 at it."""
+        position = {"input": -1} | {layer.name: index for index, layer in enumerate(layers)}
+        if not all(_looks_back(layer, position) for layer in waiting):
+            return
+        shortcut = next((layer for layer in waiting if ops.expansion(layer.op) is Expansion.RESIDUAL), waiting[0])
+        name, target = shortcut.name, shortcut.inputs[-1]
+        cycle = f"names '{name}' itself" if target == name else f"'{target}' depends on '{name}' itself"
+        self.fail(
+            shortcut.origin.at("project_from"),
+            f"project_from {cycle}, so neither can be computed first; it names the value the shortcut reshapes",
+            "E315",
+        )
 
     def _check_reuse(
         self,
@@ -494,6 +535,13 @@ class _StaticChecks(StageChecks):
         except expressions.ExprError as error:
             self.fail(origin.at(key), str(error), "E310")
             return 1
+
+
+def _looks_back(layer: LayerIR, position: dict[str, int]) -> bool:
+    """Every value the layer reads is declared before it (a shortcut's project_from excepted)."""
+    reads = layer.inputs[:-1] if ops.expansion(layer.op) is Expansion.RESIDUAL else layer.inputs
+    own = position[layer.name]
+    return all(name in position and position[name] < own for name in reads) and layer.inputs[-1] in position
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 from resnetc.core.errors import Diagnostic, shown
@@ -15,12 +16,15 @@ EXCERPT = 120  # characters shown on each side of the column of a long source li
 def _source_line(diagnostic: Diagnostic, texts: dict[str, str]) -> str | None:
     path = diagnostic.location.path
     if path not in texts:
+        texts[path] = ""
         try:
-            # Undecodable bytes are shown as U+FFFD, so a non-UTF-8 spec still shows its line.
-            with Path(path).open("rb") as handle:  # bounded: the spec cap, never a whole /dev/zero
-                texts[path] = handle.read(MAX_SPEC_BYTES + 1).decode("utf-8", errors="replace")
+            # Only a regular file is reopened to quote it: a FIFO would block, a device never end.
+            if stat.S_ISREG(Path(path).stat().st_mode):
+                # Undecodable bytes are shown as U+FFFD, so a non-UTF-8 spec still shows its line.
+                with Path(path).open("rb") as handle:  # bounded: the spec cap
+                    texts[path] = handle.read(MAX_SPEC_BYTES + 1).decode("utf-8", errors="replace")
         except (OSError, ValueError):
-            texts[path] = ""
+            pass
     lines = texts[path].splitlines()
     number = diagnostic.location.line
     return lines[number - 1] if 0 < number <= len(lines) else None

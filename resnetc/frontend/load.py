@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -213,11 +214,29 @@ def load_spec_text(text: str, path: str = "<spec>") -> LoadedSpec:
     )
 
 
+def _not_regular(mode: int) -> str | None:
+    kinds = {
+        stat.S_ISDIR: "folder",
+        stat.S_ISFIFO: "FIFO",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+        stat.S_ISSOCK: "socket",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
+
+
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read and validate a spec file, or a shipped spec by name (`resnet50`, `timm/resnet50d`)."""
+    if str(path) == "":
+        raise SpecError.at(Location("<spec>", 1, 1), "the spec path is empty", "E109")
     path = resolve(path)
     try:
-        with path.open("rb") as handle:  # at most one byte past the cap: /dev/zero or a huge file ends at once
+        kind = _not_regular(path.stat().st_mode)  # before opening: opening a FIFO blocks until a writer comes
+        if kind is not None:
+            raise SpecError.at(
+                Location(str(path), 1, 1), f"cannot read spec: it is a {kind}, not a regular file", "E109"
+            )
+        with path.open("rb") as handle:  # at most one byte past the cap: a huge file ends at once
             raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as error:
         raise SpecError.at(Location(str(path), 1, 1), f"cannot read spec: {error.strerror or error}", "E109") from None

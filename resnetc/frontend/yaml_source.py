@@ -51,6 +51,13 @@ def _location(path: str, mark: yaml.Mark) -> Location:
     return Location(path, mark.line + 1, mark.column + 1)
 
 
+class _ScalarError(ValueError):
+    """A scalar that is well-formed YAML but no value a spec can hold."""
+
+
+INT64 = 2**63  # every integer a spec holds fits the targets' int64 (ONNX attributes, torch sizes)
+
+
 def _scalar(node: yaml.ScalarNode) -> Any:
     if node.tag == _STR:  # quoted, block or `!!str`: always text
         return node.value
@@ -62,7 +69,12 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     if text in _FALSE:
         return False
     if _INT.fullmatch(text):
-        return int(text)
+        if len(text.lstrip("+-")) > 19:  # checked before int(): Python refuses to convert 4,300+ digits
+            raise _ScalarError(f"integer of {len(text.lstrip('+-'))} digits does not fit 64 bits")
+        value = int(text)
+        if not -INT64 <= value < INT64:
+            raise _ScalarError(f"integer {value} does not fit 64 bits")
+        return value
     if _FLOAT.fullmatch(text):
         return float(text)
     return text
@@ -89,7 +101,11 @@ class _Builder:
             if any(0xD800 <= ord(c) <= 0xDFFF for c in node.value):  # from a "\\ud800" escape: not text
                 self.fail(node.start_mark, "a string holds a lone surrogate (an invalid \\u escape)", "E100")
                 return None
-            return _scalar(node)
+            try:
+                return _scalar(node)
+            except _ScalarError as error:
+                self.fail(node.start_mark, str(error), "E204")
+                return None
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         return self._mapping(node, path, depth)
@@ -122,12 +138,25 @@ class _Builder:
 
 def _scan_events(text: str, path: str) -> list[yaml.Mark]:
     """Refuse anchors and aliases (a small file could expand without bound; a spec never needs them)
-    and return where each document starts (its `---`, where written)."""
+    and documents nested deeper than MAX_DEPTH (composing them recurses once per level), and return where
+    each document starts (its `---`, where written)."""
     problems = []
     starts = []
-    for event in yaml.parse(text, Loader=_Loader):
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):  # PyYAML's parser is iterative; its composer recurses
         if isinstance(event, yaml.DocumentStartEvent):
             starts.append(event.start_mark)
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH + 1:  # refused before composing: a deep document would exhaust the stack
+                problems.append(
+                    Diagnostic(
+                        _location(path, event.start_mark), f"the document nests deeper than {MAX_DEPTH} levels", "E105"
+                    )
+                )
+                break
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
         if isinstance(event, yaml.AliasEvent):
             problems.append(
                 Diagnostic(_location(path, event.start_mark), "YAML aliases (*name) are not allowed", "E101")

@@ -15,7 +15,7 @@ from resnetc.core.dims import Size
 from resnetc.core.errors import Diagnostic, Location, SpecError
 from resnetc.core.expr import Const
 from resnetc.core.ir import BlockInstance, Graph, LayerIR, Model, Node, Scope
-from resnetc.core.limits import MAX_NODES, MAX_PARAMETERS, MAX_REPEAT
+from resnetc.core.limits import FLOAT32_MAX, MAX_DIM, MAX_NODES, MAX_PARAMETERS, MAX_REPEAT
 from resnetc.frontend.check import CheckedSpec
 from resnetc.lowering.verify import verify
 from resnetc.ops import Expansion
@@ -105,10 +105,20 @@ class _Instantiator:
 
     def primitive(self, layer: LayerIR, env: dict[str, int], prefix: str, inputs: list[str], shortcut: bool) -> str:
         attrs = {key: self.evaluate(layer, key, env, prefix) for key in layer.attrs}
+        for key, value in attrs.items():  # ONNX keeps float attributes and constants as float32
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+                raise self.fail(
+                    layer, key, f"{key} = {value!r} is beyond float32's range (±3.4e38), which the models compute in",
+                    prefix, "E314",
+                )
         try:
             inferred = ops.get(layer.op).infer(attrs, [self.shapes[name] for name in inputs])
         except ShapeError as error:
             raise self.fail(layer, error.key, str(error), prefix, error.code) from None
+        if any(size > MAX_DIM for size in inferred.shape):  # ONNX dims and torch sizes must hold it
+            raise self.fail(
+                layer, None, f"its output {tuple(inferred.shape)} has a dimension over {MAX_DIM:,}", prefix, "E404"
+            )
         name = prefix + layer.name
         node = Node(
             name,

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from resnetc import ops
 from resnetc.core.dims import Size
-from resnetc.core.errors import UsageError
+from resnetc.core.errors import SpecError, UsageError
 from resnetc.core.ir import Model, Node
 from resnetc.ops.base import unsupported
 from resnetc.version import __version__
@@ -34,6 +34,22 @@ class _GraphBuilder:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self._numpy_type = numpy_type
+        self.current: Node | None = None  # the IR node being emitted, to blame for a constant out of range
+
+    def _in_compute_type(self, name: str, values: object) -> np.ndarray:
+        """Values in the graph's compute type; a located E407 where that type cannot hold them (70000 in float16)."""
+        with np.errstate(over="ignore"):
+            array = np.asarray(values, dtype=self._numpy_type)
+        if not np.isfinite(array).all() and np.isfinite(np.asarray(values, dtype=np.float64)).all():
+            where = self.current.where if self.current is not None else None
+            layer = self.current.name if self.current is not None else name
+            raise SpecError.at(
+                where,  # type: ignore[arg-type]
+                f"layer {layer}: a constant is infinite in {np.dtype(self._numpy_type).name}, the model's dtype "
+                f"(largest finite: {float(np.finfo(self._numpy_type).max):g}); use --dtype float32",
+                "E407",
+            )
+        return array
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None:
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
@@ -46,13 +62,13 @@ class _GraphBuilder:
 
     def tensor(self, name: str, values: np.ndarray) -> str:
         """A constant tensor in the graph's compute type: a fixed filter that is not a weight (no state_dict key)."""
-        tensor = numpy_helper.from_array(np.asarray(values, dtype=self._numpy_type), name=name)
+        tensor = numpy_helper.from_array(self._in_compute_type(name, values), name=name)
         self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
         return name
 
     def scalar(self, name: str, value: float) -> str:
         """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
-        tensor = numpy_helper.from_array(np.asarray(value, dtype=self._numpy_type), name=name)
+        tensor = numpy_helper.from_array(self._in_compute_type(name, value), name=name)
         self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
         return name
 
@@ -156,6 +172,7 @@ def build(
         output = named[node.name] if node.name in named and dtype == "float32" else node.name
         renamed[node.name] = output
         first = len(nodes)
+        builder.current = node
         if not ops.get(node.op).onnx(node, inputs, output, builder):
             raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
         for emitted in nodes[first:]:
