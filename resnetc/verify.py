@@ -77,9 +77,11 @@ def verify(
 
     import resnetc
     from resnetc.runtime import BoundRunner, create_session
-    from resnetc.weights.arrays import match, read_weights, weights_budget
+    from resnetc.weights.arrays import match, read_weights, refuse_activations, refuse_unallocatable, weights_budget
 
     ir = resnetc.lower(spec, **overrides)
+    refuse_unallocatable(ir.graph, 3, "verify")  # the module's, a state_dict's and the ONNX graph's copies
+    refuse_activations(ir.graph, batch, False, "verify")
     model = resnetc.build(ir)  # the lowered model: the spec is read and checked once
     if weights is not None:
         arrays = match(ir.graph, read_weights(weights, weights_budget(ir.graph)), f"weights in {weights}").arrays

@@ -105,3 +105,19 @@ def test_only_regular_files_are_read_as_specs(kind: str, tmp_path, capsys) -> No
     assert main(["check", path]) == 2
     err = capsys.readouterr().err
     assert ("it is a FIFO, not a regular file" if kind == "fifo" else "the spec path is empty") in err
+
+
+@pytest.mark.parametrize("command", ["verify", "probe"])
+def test_activation_memory_is_checked_before_allocating(command: str, monkeypatch, capsys) -> None:
+    """A large input size (or batch) is refused with its cost, before any tensor exists (exit 3, 14.6 GB or an
+    out-of-memory kill before)."""
+    from resnetc.weights import arrays
+
+    free = 2 * 2**30
+    monkeypatch.setattr(arrays, "available_memory", lambda: free)
+    argv = [command, "resnet18", "--input-size", "2048", "2048"] + (["--batch", "8"] if command == "verify" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "for the activations of" in err and "nothing was allocated" in err and "Traceback" not in err
+    needed = arrays.activation_bytes(__import__("resnetc").lower("resnet18", input_size=(2048, 2048)).graph, 8, False)
+    assert needed > free  # the estimate itself, from the IR's shapes

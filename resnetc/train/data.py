@@ -7,7 +7,9 @@ is compared with what the machine has before a byte of it is read.
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from resnetc.core.errors import UsageError
 from resnetc.weights.arrays import available_memory
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_CLASSES = 1_000_000  # a classifier head this wide is already 2 GB at 512 features
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(member.file_size for member in archive.infolist())
+            members = _headers(path, archive)
     except (zipfile.BadZipFile, OSError, EOFError):
         raise UsageError(
             f"{path}: not an .npz file (save one with numpy.savez(path, x_train=..., y_train=...))"
@@ -58,13 +62,43 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
             f"{path}: its arrays declare {declared / 2**30:.2f} GiB, which as float32 is more than half of "
             f"this machine's free memory ({budget / 2**30:.1f} GiB)"
         )
+    for member in members:
+        _check_header(path, member)
     return np.load(path, allow_pickle=False)
+
+
+def _check_header(path: Path, member: tuple[str, int, np.dtype, tuple[int, ...]]) -> None:
+    """An array's own header (its dtype and shape) must agree with the bytes the archive holds for it: a
+    header that declares 71 GiB inside a small file is refused before numpy allocates anything."""
+    name, stored, dtype, shape = member
+    declared = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or declared > stored:
+        raise UsageError(
+            f"{path}: {name} declares a {dtype} array of shape {list(shape)} ({declared:,} bytes) but holds "
+            f"{stored:,} bytes (pickled objects are refused)"
+        )
+
+
+def _headers(path: Path, archive: zipfile.ZipFile) -> list[tuple[str, int, np.dtype, tuple[int, ...]]]:
+    """Each .npy member's name (without `.npy`), stored data size, and the dtype and shape its header says."""
+    headers = []
+    for info in archive.infolist():
+        try:
+            with archive.open(info) as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(handle)
+                stored = info.file_size - handle.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, SyntaxError):
+            raise UsageError(f"{path}: {info.filename} is not a plain .npy array (pickles are refused)") from None
+        headers.append((info.filename.removesuffix(".npy"), stored, dtype, tuple(shape)))
+    return headers
 
 
 def _array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     try:
         return archive[key]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError):
         raise UsageError(f"{path}: {key} is not a plain array of numbers (pickled objects are refused)") from None
 
 
@@ -80,8 +114,13 @@ def _split(archive: np.lib.npyio.NpzFile, path: Path, suffix: str) -> tuple[np.n
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise UsageError(f"{path}: y_{suffix} has dtype {labels.dtype}; labels are integers 0, 1, ...")
-    if labels.min() < 0:
-        raise UsageError(f"{path}: y_{suffix} holds the label {labels.min()}; labels are 0, 1, ..., classes - 1")
+    smallest, largest = int(labels.min()), int(labels.max())  # Python ints: uint64 labels do not wrap
+    if smallest < 0 or largest >= MAX_CLASSES:
+        wrong = smallest if smallest < 0 else largest
+        raise UsageError(
+            f"{path}: y_{suffix} holds the label {wrong}; labels are 0, 1, ..., classes - 1 "
+            f"(at most {MAX_CLASSES:,} classes)"
+        )
     scaled = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images.astype(np.float32)
     if not np.all(np.isfinite(scaled)):
         raise UsageError(f"{path}: x_{suffix} holds NaN or infinite values (or values too large for float32)")

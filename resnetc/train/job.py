@@ -87,6 +87,9 @@ def train(
     where = processes(device)
     out_dir = Path(out_dir)
     paths = {kind: out_dir / f"{loaded.stem}.{kind}" for kind in ("safetensors", "csv", "json")}
+    # The run's progress goes to `<stem>.partial.csv` and `.json`; the three outputs are written together at
+    # the end, so they always come from one run (an earlier run's trio stays untouched until then).
+    partial = {kind: out_dir / f"{loaded.stem}.partial.{kind}" for kind in ("csv", "json")}
     overrides = {
         "num_classes": fitted.spec.num_classes,
         "in_channels": fitted.spec.input[0],
@@ -121,7 +124,7 @@ def train(
 
     def log(epoch: Epoch) -> None:
         logged.append(epoch)
-        write_all_atomic({paths["csv"]: _csv(logged), paths["json"]: summary(logged)})
+        write_all_atomic({partial["csv"]: _csv(logged), partial["json"]: summary(logged)})
         if on_epoch is not None:
             on_epoch(epoch)
 
@@ -146,6 +149,8 @@ def train(
                 paths["json"]: summary(history),
             }
         )
+        for progress_log in partial.values():
+            progress_log.unlink(missing_ok=True)
     if where.world > 1:  # every process waits until the weights are written
         torch.distributed.barrier()
     return TrainResult(paths["safetensors"], paths["csv"], paths["json"], history, overrides, where)

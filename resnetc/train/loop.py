@@ -30,6 +30,11 @@ from resnetc.core.errors import UsageError
 from resnetc.train.data import Dataset, Split
 
 AUGMENTATIONS = ("crop", "flip")
+MAX_MILESTONES = 8
+
+
+class Diverged(UsageError):
+    """The training produced a non-finite loss, test loss or weight: no weights are written."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,11 @@ class Recipe:
             "--warmup-epochs": (self.warmup_epochs, 0 <= self.warmup_epochs < self.epochs),
             "--crop-padding": (self.crop_padding, 0 <= self.crop_padding <= 64),
             "--augment": (list(self.augment), all(name in AUGMENTATIONS for name in self.augment)),
+            "--seed": (self.seed, 0 <= self.seed < 2**63),  # numpy's seeds are non-negative, torch's 64-bit
         }
+        if len(self.milestones) > MAX_MILESTONES:  # each divides the lr by 10: past a few it is zero in float32
+            bad_count = f"--milestones ({len(self.milestones)} values; at most {MAX_MILESTONES})"
+            raise UsageError(f"out of range: {bad_count}")
         bad = [f"{flag} {value!r}" for flag, (value, usable) in checks.items() if not usable]
         if bad:
             raise UsageError(
@@ -160,6 +169,8 @@ def _batches(split: Split, recipe: Recipe, epoch: int, where: Processes) -> Iter
     local = recipe.batch_size // where.world
     for start in range(0, len(indices), local):
         chosen = indices[start : start + local]
+        if len(chosen) < 2 and start:  # BatchNorm cannot train on one sample: a last batch of one is dropped
+            break
         images = torch.from_numpy(split.images[chosen])
         yield (
             _augment(images, shifts[chosen], flips[chosen], padding).to(where.device),
@@ -200,6 +211,13 @@ def _progress(total: int, description: str, enabled: bool) -> contextlib.Abstrac
     return tqdm(total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+def _diverged(what: str, epoch: int, step: int, recipe: Recipe) -> Diverged:
+    return Diverged(
+        f"the training diverged at epoch {epoch + 1}, step {step}: {what}; no weights were written "
+        f"(try a lower --lr than {recipe.lr_at(epoch):g}, or --warmup-epochs 1)"
+    )
+
+
 def fit(
     module: nn.Module,
     data: Dataset,
@@ -217,6 +235,8 @@ def fit(
         module.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     steps = math.ceil(len(data.train) / recipe.batch_size)
+    if len(data.train) < 2 * where.world:
+        raise UsageError(f"training needs at least 2 images per process for BatchNorm, got {len(data.train)}")
     history: list[Epoch] = []
     for epoch in range(recipe.epochs):
         started = time.perf_counter()
@@ -225,14 +245,11 @@ def fit(
         module.train()
         loss_sum = errors = seen = 0.0
         with _progress(steps, f"epoch {epoch + 1}/{recipe.epochs}", progress and where.main) as bar:
-            for images, labels in _batches(data.train, recipe, epoch, where):
+            for step, (images, labels) in enumerate(_batches(data.train, recipe, epoch, where), 1):
                 logits = module(images)
                 loss = F.cross_entropy(logits, labels)
                 if not torch.isfinite(loss):
-                    raise UsageError(
-                        f"the loss became {float(loss)} in epoch {epoch + 1}: the training diverged "
-                        f"(try a smaller --lr than {recipe.lr_at(epoch):g}, or --warmup-epochs 1)"
-                    )
+                    raise _diverged(f"the loss became {float(loss.detach())}", epoch, step, recipe)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -242,7 +259,11 @@ def fit(
                 bar.update()
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", error=f"{errors / seen:.3f}")
         loss_sum, errors, seen = _all_sum([loss_sum, errors, seen], where)
+        if not all(bool(torch.isfinite(tensor).all()) for tensor in module.state_dict().values()):
+            raise _diverged("a weight or running statistic became infinite or NaN", epoch, steps, recipe)
         test = evaluate(module, data.test, where) if data.test is not None else (None, None)
+        if test[0] is not None and not math.isfinite(test[0]):
+            raise _diverged(f"the test loss became {test[0]}", epoch, steps, recipe)
         record = Epoch(
             epoch + 1, recipe.lr_at(epoch), loss_sum / seen, errors / seen, *test, time.perf_counter() - started
         )

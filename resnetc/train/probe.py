@@ -59,6 +59,10 @@ def probe(
     model = lower(spec, **overrides)
     if model.num_classes is None:
         raise UsageError(f"{model.file_name} is a backbone (no classifier): probe a spec with num_classes")
+    from resnetc.weights.arrays import refuse_activations, refuse_unallocatable
+
+    refuse_unallocatable(model.graph, 2, "probe")  # the weights and their gradients
+    refuse_activations(model.graph, batch, True, "probe")
     torch.manual_seed(seed)
     module = build(model).to(device).train()
     generator = torch.Generator().manual_seed(seed)

@@ -66,6 +66,26 @@ def refuse_unallocatable(graph: Graph, copies: float, doing: str) -> None:
         )
 
 
+def activation_bytes(graph: Graph, batch: int, training: bool) -> int:
+    """What running `batch` samples through the model allocates for its activations, known from the IR's
+    shapes (float32). Training keeps every activation for backward and a gradient of each (2x the sum);
+    inference holds a few at a time: the four largest, in each of the two runtimes `verify` compares."""
+    sizes = sorted((math.prod(node.shape) for node in graph.nodes), reverse=True)
+    per_sample = 2 * sum(sizes) if training else 2 * sum(sizes[:4])
+    return 4 * batch * (per_sample + math.prod(graph.input_shape))
+
+
+def refuse_activations(graph: Graph, batch: int, training: bool, doing: str) -> None:
+    """Say what the activations cost before anything is allocated, where this machine cannot hold them."""
+    needed, available = activation_bytes(graph, batch, training), available_memory()
+    if needed > available:
+        raise UsageError(
+            f"{doing} needs about {needed / 2**30:,.1f} GiB for the activations of {batch} samples at this input "
+            f"size, more than the {available / 2**30:,.1f} GiB this machine has free: nothing was allocated "
+            "(a smaller --batch or --input-size fits)"
+        )
+
+
 def weights_budget(graph: Graph) -> int:
     """The most bytes of tensors a weights file for `graph` may declare before it is read: every tensor in
     float64 four times over (a bigger head left behind by --reinit, a few extra buffers), plus 64 MiB."""
