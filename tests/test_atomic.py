@@ -250,3 +250,41 @@ def test_an_existing_output_is_compared_in_chunks_not_read_whole(tmp_path, monke
     big = tmp_path / "resnet20.onnx"
     big.write_bytes(b"\0" * (3 << 20))  # another size: differs without a byte compared
     assert files.same_content(big, b"\0" * (3 << 20)) and not files.same_content(big, b"\0" * 5)
+
+
+SECOND_SIGNAL_DURING_CLEANUP = """
+import os, signal, sys
+from resnetc.core import files
+from resnetc.cli import main
+number = getattr(signal, sys.argv.pop(1))
+real_copy, real_unlink, calls = files._temporary_copy, files.os.unlink, []
+def copy(path, data):
+    calls.append(path)
+    if len(calls) == 2:
+        os.kill(os.getpid(), number)  # the first: interrupts the compile
+    return real_copy(path, data)
+def unlink(path):
+    os.kill(os.getpid(), number)  # the second, while the first one's cleanup removes the temporaries
+    return real_unlink(path)
+files._temporary_copy, files.os.unlink = copy, unlink
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_second_signal_during_cleanup_is_let_go(name, status, old_outputs) -> None:
+    """What `timeout` and supervisors do: a second SIGTERM 20-60 ms after the first. It used to arrive inside
+    the first one's cleanup, print a traceback and exit 1; now the cleanup finishes and the status is one's."""
+    command = [sys.executable, "-c", SECOND_SIGNAL_DURING_CLEANUP, name, "compile", str(SPEC), "--target", "all"]
+    finished = subprocess.run(
+        [*command, "--num-classes", "7", "--out", str(old_outputs)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == status, finished.stderr
+    assert "Traceback" not in finished.stderr and finished.stderr == ""
+    assert (old_outputs / "resnet20.py").read_text() == "# the old module\n"  # the old pair, untouched
+    assert (old_outputs / "resnet20.onnx").read_bytes() == b"old onnx bytes"
+    assert _no_temporaries(old_outputs)

@@ -506,12 +506,23 @@ COMMANDS = {
 }
 
 
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the program was, so that unfinished outputs are cleaned up as for SIGINT."""
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+def _interrupt(signum: int, frame: object) -> None:
+    """The first SIGINT or SIGTERM interrupts where the program is; those that follow while it cleans up (a
+    supervisor's second SIGTERM 20 ms later) are let go, so the cleanup finishes and no traceback is printed."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _let_go)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+def _let_go(signum: int, frame: object) -> None:
+    """A signal during cleanup: the exit status already says the run was interrupted."""
 
 
 def _tolerant_streams() -> None:
@@ -526,12 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous = {number: signal.signal(number, _interrupt) for number in _INTERRUPTS} if in_main_thread else {}
     try:
         return _dispatch(args)
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
