@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from resnetc.core.errors import Location, SpecError, UsageError
 from resnetc.core.ir import Model
-from resnetc.core.options import Options
+from resnetc.core.options import Options, out_folder
 from resnetc.frontend.check import check
 from resnetc.frontend.load import LoadedSpec, load_spec
 from resnetc.lowering.analysis import Summary, summarize
@@ -52,6 +52,10 @@ def override(
 ) -> LoadedSpec:
     """The spec with its class count, input channels or input size (height, width) replaced. The same
     overrides as the CLI's --num-classes, --in-channels and --input-size."""
+    if input_size is not None and (
+        isinstance(input_size, (str, bytes)) or not hasattr(input_size, "__len__") or len(input_size) != 2
+    ):
+        raise UsageError(f"input_size is (height, width), got {input_size!r}")
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     given = {"num_classes": num_classes, "in_channels": in_channels}
     given |= {"height": input_size[0], "width": input_size[1]} if input_size is not None else {}
@@ -101,7 +105,7 @@ def build(
     weights: WeightsLike = None,
     *,
     reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
+    strip_prefix: str | tuple[str, ...] | None = None,
     zero_init_residual: bool | None = None,
     **overrides: object,
 ) -> torch.nn.Module:
@@ -112,6 +116,7 @@ def build(
     layers that keep the model's own initialisation instead (a new head for fine-tuning:
     `resnetc.build("specs/timm/resnet50d.yaml", "r50d.safetensors", num_classes=10, reinit=("fc",))`).
     `zero_init_residual` overrides the spec's: each residual block's declared `last_norm` starts at zero."""
+    checked = Options(target="onnx", weights=weights, reinit=reinit, strip_prefix=strip_prefix)  # as the CLI checks
     model = lower(spec, **overrides)
     from resnetc.weights.arrays import refuse_unallocatable
 
@@ -120,7 +125,7 @@ def build(
     if weights is not None:
         import torch
 
-        arrays, _, skipped = _weights(model, weights, 0, tuple(reinit), strip_prefix)
+        arrays, _, skipped = _weights(model, weights, 0, checked.reinit, checked.strip_prefix)
         state = {key: torch.from_numpy(value) for key, value in arrays.items() if key not in skipped}
         module.load_state_dict(state, strict=False)  # every key but the re-initialised ones, checked by _weights
     return module
@@ -149,7 +154,11 @@ class OnnxResult:
 
 
 def _weights(
-    model: Model, weights: WeightsLike, seed: int, reinit: tuple[str, ...] = (), strip_prefix: str | None = None
+    model: Model,
+    weights: WeightsLike,
+    seed: int,
+    reinit: tuple[str, ...] = (),
+    strip_prefix: str | tuple[str, ...] | None = None,
 ) -> tuple[Weights, str, list[str]]:
     """The weights, where they came from, and the keys left at their seeded initialisation (`reinit`)."""
     from resnetc.weights.arrays import initialise, match, read_weights, weights_budget
@@ -183,7 +192,7 @@ def build_onnx(
     fold_bn: bool = False,
     seed: int = 0,
     reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
+    strip_prefix: str | tuple[str, ...] | None = None,
     static_shape: bool = False,
     batch: int | None = None,
     lowered: Model | None = None,
@@ -203,7 +212,7 @@ def build_onnx(
         dtype=dtype,
         fold_bn=fold_bn,
         seed=seed,
-        reinit=tuple(reinit),
+        reinit=reinit,
         strip_prefix=strip_prefix,
         static_shape=static_shape,
         batch=batch,
@@ -318,7 +327,7 @@ def compile_spec(
     fold_bn: bool = False,
     check: bool = False,
     reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
+    strip_prefix: str | tuple[str, ...] | None = None,
     static_shape: bool = False,
     batch: int | None = None,
     calibration: str | Path | None = None,
@@ -328,13 +337,14 @@ def compile_spec(
     in memory first, so a bad spec or weights file writes nothing."""
     from resnetc.core.files import refresh_bytecode, same_content, write_all_atomic
 
+    out_dir = out_folder(out_dir)
     options = Options(  # every combination checked here, before the spec is read
         target=target,
         weights=weights,
         opset=opset,
         dtype=dtype,
         fold_bn=fold_bn,
-        reinit=tuple(reinit),
+        reinit=reinit,
         strip_prefix=strip_prefix,
         static_shape=static_shape,
         batch=batch,

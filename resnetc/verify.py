@@ -37,10 +37,16 @@ class Agreement:
     atol: float
     top1_agree: int
     weights: str
+    non_finite: tuple[int, int] = (0, 0)  # NaN or infinite values in PyTorch's outputs, in onnxruntime's
+    values: int = 0  # values per side
+
+    @property
+    def finite(self) -> bool:
+        return self.non_finite == (0, 0)
 
     @property
     def within(self) -> bool:
-        return self.max_abs <= self.atol * max(1.0, self.scale) + self.rtol * self.scale
+        return self.finite and self.max_abs <= self.atol * max(1.0, self.scale) + self.rtol * self.scale
 
     @property
     def batch(self) -> int:
@@ -114,6 +120,10 @@ def verify(
         actual_all = [runner.output()]
     else:
         actual_all = session.run(None, {session.get_inputs()[0].name: inputs})
+    non_finite = (
+        sum(int((~np.isfinite(e)).sum()) for e in expected_all),
+        sum(int((~np.isfinite(a)).sum()) for a in actual_all),
+    )
     difference = max(float(np.abs(a - e).max()) for a, e in zip(actual_all, expected_all, strict=True))
     scale = max(float(np.abs(e).max()) for e in expected_all)
     actual, expected = actual_all[-1], expected_all[-1]
@@ -131,4 +141,6 @@ def verify(
         atol=tolerance,
         top1_agree=top1,
         weights=origin,
+        non_finite=non_finite,
+        values=sum(e.size for e in expected_all),
     )

@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LAYER",
         help="leave LAYER (e.g. fc) at its seeded initialisation instead of --weights' tensors (a new head)",
     )
-    compile_.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. module.) from every weight key")
+    compile_.add_argument(
+        "--strip-prefix",
+        metavar="PREFIX",
+        action="append",
+        help="remove PREFIX (e.g. module.) from every weight key; repeat it for several (the first that matches)",
+    )
     compile_.add_argument(
         "--static-shape",
         action="store_true",
@@ -202,8 +207,9 @@ def _for_each_spec(args: argparse.Namespace, action: Callable[[str], int]) -> in
 
 
 def _refuse_empty_out(args: argparse.Namespace) -> None:
-    if not args.out.strip():
-        raise UsageError("--out is empty: give a folder ('.' for the current one)")
+    from resnetc.core.options import out_folder
+
+    out_folder(args.out)  # before any spec is read: the same check the Python API makes
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -288,6 +294,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from resnetc.runtime.inputs import check_signature, make_batch, model_source, ort_failure, top_k
     from resnetc.runtime.session import create_session, infer, median_latency
 
@@ -323,6 +331,10 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"input: {list(batch.shape)} -> outputs: {outputs}")
     print(f"median latency: {latency * 1e3:.2f} ms over {args.repeats} runs (batch {batch.shape[0]})")
+    bad = sum(int((~np.isfinite(value)).sum()) for value in results)
+    if bad:
+        total = sum(value.size for value in results)
+        print(f"warning: {bad:,} of {total:,} output values are NaN or infinite", file=sys.stderr)
     return EXIT_OK
 
 
@@ -446,6 +458,13 @@ def _verify(args: argparse.Namespace) -> int:
         providers = ", ".join(result.providers)
         print(f"{shown(spec)}: PyTorch ({result.torch_device}) vs onnxruntime ({providers}), batch {shape}")
         print(f"  weights: {shown(result.weights)}")
+        if not result.finite:  # a comparison of NaNs says nothing: the outputs themselves are the finding
+            torch_bad, onnx_bad = result.non_finite
+            print(
+                f"  the outputs are not finite: PyTorch {torch_bad:,} and onnxruntime {onnx_bad:,} of "
+                f"{result.values:,} values are NaN or infinite (the weights or the input size overflow float32)"
+            )
+            return EXIT_DIFFERENT
         print(f"  max |diff| {result.max_abs:.3g} (output scale {result.scale:.3g}), max relative {result.max_rel:.3g}")
         print(f"  top-1 agreement: {result.top1_agree}/{result.batch}")
         verdict = "within" if result.within else "OUTSIDE"

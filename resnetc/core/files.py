@@ -176,9 +176,31 @@ def write_all_atomic(outputs: dict[Path, bytes | bytearray]) -> None:
     """Write every file, or (on an error, a signal or a refused target) none of them."""
     for path in outputs:
         _check_target(path)
+    created: list[Path] = []  # folders this call made, removed again if it fails (a full disk, a signal)
+    try:
+        _write_all(outputs, created)
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):  # only if still empty: another writer may have used it
+                folder.rmdir()
+        raise
+
+
+def _made_folders(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` is about to create for `folder`, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _write_all(outputs: dict[Path, bytes | bytearray], created: list[Path]) -> None:
     folders = []
     for path in outputs:
+        made = _made_folders(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
+        created.extend(made)
         folders.append(path.parent)
     with _locked(folders):
         pending: list[tuple[str, Path]] = []  # temporaries not yet renamed into place

@@ -19,6 +19,13 @@ DEFAULT_OPSET = 17
 MAX_BATCH = 65536
 
 
+def out_folder(value: str | Path) -> Path:
+    """An output folder as given; an empty one is refused rather than taken as the current folder."""
+    if not str(value).strip():
+        raise UsageError("--out is empty: give a folder ('.' for the current one)")
+    return Path(value)
+
+
 @dataclass(frozen=True)
 class Options:
     """Everything `compile` can be asked, in snake_case as the CLI's flags."""
@@ -30,7 +37,7 @@ class Options:
     fold_bn: bool = False
     seed: int = 0
     reinit: tuple[str, ...] = ()
-    strip_prefix: str | None = None
+    strip_prefix: str | tuple[str, ...] | None = None  # one prefix, or several (the first a key starts with)
     static_shape: bool = False
     batch: int | None = None
     calibration: str | Path | None = None
@@ -38,7 +45,10 @@ class Options:
     keep_batch: bool = False  # a static-shape graph keeps a symbolic batch (Triton batches dynamically)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reinit", tuple(self.reinit))
+        self._check_types()
+        object.__setattr__(self, "reinit", tuple(self.reinit))  # a list from the CLI, a tuple from Python
+        if isinstance(self.strip_prefix, (list, tuple)):
+            object.__setattr__(self, "strip_prefix", tuple(self.strip_prefix) or None)
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; use one of {', '.join(TARGETS)}")
         if self.target == "torch":  # options that only the ONNX model can take: refused, never silently ignored
@@ -54,6 +64,26 @@ class Options:
             raise UsageError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
         if (self.dtype == "int8") != (self.calibration is not None):
             raise UsageError("--dtype int8 quantizes on calibration images: give both --dtype int8 and --calibration")
+
+    def _check_types(self) -> None:
+        """The Python API is checked as the command line is: a wrong type is a UsageError naming the option,
+        never a KeyError or AttributeError from deep inside."""
+        names = (self.reinit,) if isinstance(self.reinit, str) else self.reinit
+        if isinstance(self.reinit, str) or not all(isinstance(name, str) for name in names):
+            raise UsageError(f"reinit takes layer names as a tuple, e.g. ('fc',), got {self.reinit!r}")
+        given = self.strip_prefix
+        prefixes = (given,) if isinstance(given, str) or given is None else given
+        if not isinstance(prefixes, (list, tuple)) or not all(
+            prefix is None or (isinstance(prefix, str) and prefix) for prefix in prefixes
+        ):
+            raise UsageError(f"strip_prefix takes a prefix or a tuple of prefixes, got {self.strip_prefix!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise UsageError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if self.opset is not None and (isinstance(self.opset, bool) or not isinstance(self.opset, int)):
+            raise UsageError(f"opset must be an integer, got {self.opset!r}")
+        for flag in ("fold_bn", "static_shape", "check", "keep_batch"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UsageError(f"{flag} is True or False, got {getattr(self, flag)!r}")
 
     def _refuse_onnx_only(self) -> None:
         onnx_only = {

@@ -18,6 +18,7 @@ import torch
 
 from resnetc.core.errors import UsageError
 from resnetc.core.files import write_all_atomic
+from resnetc.core.options import out_folder
 from resnetc.frontend.load import LoadedSpec
 from resnetc.train.data import Dataset, read_dataset
 from resnetc.train.loop import Epoch, Processes, Recipe, distribute, fit, processes
@@ -85,7 +86,7 @@ def train(
     dataset = read_dataset(data)
     fitted = _fitted(loaded, dataset, num_classes, in_channels)
     where = processes(device)
-    out_dir = Path(out_dir)
+    out_dir = out_folder(out_dir)
     paths = {kind: out_dir / f"{loaded.stem}.{kind}" for kind in ("safetensors", "csv", "json")}
     # The run's progress goes to `<stem>.partial.csv` and `.json`; the three outputs are written together at
     # the end, so they always come from one run (an earlier run's trio stays untouched until then).

@@ -158,24 +158,42 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
+def _stripped(arrays: dict[str, object], prefixes: tuple[str, ...], origin: str) -> dict[str, object]:
+    """Keys without the first of `prefixes` each starts with; refused where two keys would become one."""
+    result: dict[str, object] = {}
+    source: dict[str, str] = {}
+    for key, value in arrays.items():
+        new = next((key.removeprefix(prefix) for prefix in prefixes if key.startswith(prefix)), key)
+        if new in source:
+            raise WeightsError(
+                f"{origin}: --strip-prefix makes two keys one: {shown(source[new], 160)} and {shown(key, 160)} "
+                f"both become {shown(new, 160)}"
+            )
+        source[new], result[new] = key, value
+    return result
+
+
 def match(
     graph: Graph,
     arrays: dict[str, object],
     origin: str = "weights",
     *,
     reinit: tuple[str, ...] = (),
-    strip_prefix: str | None = None,
+    strip_prefix: str | tuple[str, ...] | None = None,
     seed: int = 0,
 ) -> Matched:
     """Check names and shapes against the graph: float32 arrays in the graph's order, with a report.
     `reinit` names layers (`fc`, `layer4.2`) whose tensors are not taken from the file but left at the
-    seeded initialisation: fine-tuning a new head. `strip_prefix` removes a wrapper's prefix (`module.`)
-    from every key first."""
+    seeded initialisation: fine-tuning a new head. `strip_prefix` removes a wrapper's prefix (`module.`), or
+    the first of several that a key starts with, from every key first; two keys that become one are an error."""
     expected = graph.tensors()
+    odd = [key for key in arrays if not isinstance(key, str)]
+    if odd:
+        raise WeightsError(f"{origin}: keys must be state_dict names (strings), not {type(odd[0]).__name__} {odd[0]!r}")
     # torch tensors (a state_dict in memory, parameters that require grad) as numpy, without importing torch.
     arrays = {key: _as_array(value) for key, value in arrays.items()}
     if strip_prefix:
-        arrays = {key.removeprefix(strip_prefix): value for key, value in arrays.items()}
+        arrays = _stripped(arrays, (strip_prefix,) if isinstance(strip_prefix, str) else tuple(strip_prefix), origin)
     unknown = [prefix for prefix in reinit if not any(_under(key, (prefix,)) for key in expected)]
     if unknown:
         raise WeightsError(f"--reinit names no layer with weights: {', '.join(unknown)}")
