@@ -1,0 +1,163 @@
+"""The command line's grammar: `resnetc`'s commands, options and help texts (argparse), nothing else."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every command, its arguments and their help: what `resnetc --help` and `resnetc CMD --help` print."""
+    parser = argparse.ArgumentParser(
+        prog="resnetc", description="Compile declarative ResNet specs to PyTorch and ONNX."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help="write generated/<stem>.py and/or .onnx")
+    compile_.add_argument("specs", nargs="+", metavar="SPEC")
+    compile_.add_argument("--out", default="generated", help="output folder (default: generated/)")
+    compile_.add_argument(
+        "--target",
+        choices=("torch", "onnx", "all", "triton"),
+        default="torch",
+        help="all: torch and onnx; triton: DIR/<stem>/config.pbtxt and DIR/<stem>/1/model.onnx",
+    )
+    compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
+    compile_.add_argument(
+        "--reinit",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="leave LAYER (e.g. fc) at its seeded initialisation instead of --weights' tensors (a new head)",
+    )
+    compile_.add_argument(
+        "--strip-prefix",
+        metavar="PREFIX",
+        action="append",
+        help="remove PREFIX (e.g. module.) from every weight key; repeat it for several (the first that matches)",
+    )
+    compile_.add_argument(
+        "--static-shape",
+        action="store_true",
+        help="fix the ONNX input (the spec's size, or --input-size) and write every shape concrete",
+    )
+    compile_.add_argument("--batch", type=int, help="with --static-shape: the fixed batch size (default 1)")
+    compile_.add_argument("--opset", type=int, help="ONNX opset, 13 to 21 (default 17)")
+    compile_.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="ONNX weights and compute (inputs and outputs stay float32); int8 needs --calibration",
+    )
+    compile_.add_argument(
+        "--calibration", metavar="FILE.npy", help="images (N, C, H, W) for --dtype int8's static quantization"
+    )
+    compile_.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold BatchNorm into the ONNX graph's convolutions (its weights then differ from the state_dict)",
+    )
+    compile_.add_argument(
+        "--check", action="store_true", help="compare with the files on disk instead of writing (exit 1 if they differ)"
+    )
+    compile_.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(compile_)
+
+    check = commands.add_parser("check", help="validate specs and infer shapes; one line per spec")
+    check.add_argument("specs", nargs="+", metavar="SPEC")
+    check.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(check)
+
+    info = commands.add_parser("info", help="per-stage table: output shape, params, MACs")
+    info.add_argument("specs", nargs="+", metavar="SPEC")
+    info.add_argument("--json", action="store_true", help="one JSON object per spec")
+    info.add_argument("--table", action="store_true", help="one row per spec, with the paper's figures beside ours")
+    info.add_argument("--error-format", choices=("text", "json"), default="text")
+
+    _add_overrides(info)
+
+    verify = commands.add_parser("verify", help="build both backends from the same weights and compare them")
+    verify.add_argument("specs", nargs="+", metavar="SPEC")
+    verify.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file (default: seeded)")
+    verify.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    verify.add_argument("--batch", type=int, default=8)
+    verify.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(verify)
+
+    graph = commands.add_parser("graph", help="draw stages and blocks with the tensor shape on every edge")
+    graph.add_argument("specs", nargs="+", metavar="SPEC")
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(graph)
+
+    commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    listing = commands.add_parser("list", help="the shipped specs, by the name that builds them, with params and GMACs")
+    listing.add_argument("--json", action="store_true")
+
+    train = commands.add_parser(
+        "train", help="train the generated module on an .npz dataset: DIR/<stem>.safetensors, .csv and .json"
+    )
+    train.add_argument("specs", nargs="+", metavar="SPEC", help="one or more specs, trained one after the other")
+    train.add_argument("--data", required=True, metavar="FILE.npz", help="x_train, y_train (and x_test, y_test)")
+    train.add_argument("--epochs", required=True, type=int)
+    train.add_argument("--out", default="runs", help="output folder (default: runs/)")
+    train.add_argument("--batch-size", type=int, default=128, help="the global batch, over every process")
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        metavar="FRACTION",
+        help="fractions of the epochs after which the lr is divided by 10 (default: 0.5 0.75, the paper's)",
+    )
+    train.add_argument("--warmup-epochs", type=int, default=0, help="epochs at lr/10 first (the paper's ResNet-110)")
+    train.add_argument(
+        "--augment",
+        default="crop,flip",
+        help="crop (random crop of the padded image), flip (horizontal), both (default) or none",
+    )
+    train.add_argument("--crop-padding", type=int, default=4)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--error-format", choices=("text", "json"), default="text")
+    train.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    train.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+
+    probe = commands.add_parser(
+        "probe", help="gradient norm and output variance of every weighted layer at initialisation, by depth"
+    )
+    probe.add_argument("specs", nargs="+", metavar="SPEC")
+    probe.add_argument("--batch", type=int, default=64, help="seeded images in the batch (default 64)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    probe.add_argument("--layers", action="store_true", help="one line per weighted layer")
+    probe.add_argument("--json", action="store_true", help="one JSON object per spec, every layer")
+    probe.add_argument("--plot", metavar="FILE.png", help="draw both measures against depth for all the specs")
+    probe.add_argument("--error-format", choices=("text", "json"), default="text")
+    _add_overrides(probe)
+
+    run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
+    run.add_argument("model", metavar="MODEL.onnx")
+    run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")
+    run.add_argument("--batch", type=int, help="images in the seeded batch (default 1; not with --input)")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
+    run.add_argument("--no-tf32", action="store_true", help="CUDA: no TF32 in fp32 convolutions (exact fp32)")
+    run.add_argument(
+        "--conv-algo",
+        choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+        default="EXHAUSTIVE",
+        help="CUDA: how cuDNN picks convolution algorithms",
+    )
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=int, help="replace the spec's num_classes")
+    parser.add_argument("--in-channels", type=int, help="replace the spec's input channels")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="replace the spec's input size")
