@@ -98,10 +98,14 @@ def _check(args: argparse.Namespace) -> int:
 
     def one(spec: str) -> int:
         summary = info(spec, **_overrides(args))
-        output = "x".join(map(str, summary.output))
+        if summary.outputs:  # a backbone: every feature, in the order forward returns them
+            shapes = ", ".join(f"{item['name']} {'x'.join(map(str, item['shape']))}" for item in summary.outputs)  # type: ignore[arg-type]
+            output = f"outputs {shapes}"
+        else:
+            output = "output " + "x".join(map(str, summary.output))
         print(
             f"{shown(spec)}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
-            f"{summary.macs / 1e9:.3f} GMACs, output {output}"
+            f"{summary.macs / 1e9:.3f} GMACs, {output}"
         )
         from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES
 
@@ -310,9 +314,21 @@ def _verify(args: argparse.Namespace) -> int:
             )
             return EXIT_DIFFERENT
         print(f"  max |diff| {result.max_abs:.3g} (output scale {result.scale:.3g}), max relative {result.max_rel:.3g}")
+        print(
+            f"  against float64: PyTorch float32 {result.torch_vs_float64:.3g}, "
+            f"onnxruntime {result.onnx_vs_float64:.3g}"
+        )
         print(f"  top-1 agreement: {result.top1_agree}/{result.batch}")
-        verdict = "within" if result.within else "OUTSIDE"
-        print(f"  {verdict} rtol {result.rtol:g}, atol {result.atol:g} x max(1, scale)")
+        if result.direct:
+            verdict = f"within rtol {result.rtol:g}, atol {result.atol:g} x max(1, scale)"
+        elif result.within:
+            verdict = "within: both float32 paths drift alike from float64 (onnxruntime at most twice PyTorch's)"
+        else:
+            verdict = (
+                f"OUTSIDE rtol {result.rtol:g}, atol {result.atol:g} x max(1, scale), and onnxruntime is further "
+                "from float64 than twice PyTorch float32"
+            )
+        print(f"  {verdict}")
         return EXIT_OK if result.within else EXIT_DIFFERENT
 
     return _for_each_spec(args, one)
