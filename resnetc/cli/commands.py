@@ -353,6 +353,24 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _blocks(args: argparse.Namespace) -> int:
+    from resnetc.frontend.load import library
+
+    listed = [
+        {"name": name, "params": dict(located.block.params), "doc": " ".join(located.block.doc.split())}
+        for name, located in library().items()
+    ]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return EXIT_OK
+    for entry in listed:
+        params = ", ".join(
+            f"{name}" if default is None else f"{name}={default}" for name, default in entry["params"].items()  # type: ignore[union-attr]
+        )
+        print(f"{entry['name']}({params})\n    {entry['doc']}")
+    return EXIT_OK
+
+
 def _list(args: argparse.Namespace) -> int:
     from resnetc.api import info
     from resnetc.frontend.shipped import shipped
@@ -373,6 +391,7 @@ def _list(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "list": _list,
+    "blocks": _blocks,
     "compile": _compile,
     "check": _check,
     "info": _info,

@@ -102,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(graph)
 
     commands.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    blocks = commands.add_parser("blocks", help="the library's blocks, with their parameters, defaults and docs")
+    blocks.add_argument("--json", action="store_true", help='a list of {"name", "params", "doc"}')
+
     listing = commands.add_parser("list", help="the shipped specs, by the name that builds them, with params and GMACs")
     listing.add_argument("--json", action="store_true")
 

@@ -65,6 +65,15 @@ class LibraryBlocks(Mapping[str, "Located"]):
         return len(self._everything())
 
 
+def library() -> dict[str, Located]:
+    """Every library block (blocks.yaml, then timm's), by name, in the files' order: what `resnetc blocks`
+    lists and docs/blocks.md documents."""
+    found: dict[str, Located] = {}
+    for file_name in (LIBRARY_FILE, *EXTRA_LIBRARIES):
+        found |= _library_blocks(file_name)
+    return found
+
+
 def _library_blocks(file_name: str) -> dict[str, Located]:
     library, source = _library(file_name)
     return {name: Located(block, source, ("blocks", name)) for name, block in library.blocks.items()}

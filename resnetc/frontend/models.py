@@ -61,6 +61,10 @@ class Preprocessing(StrictModel):
     colour: Literal["RGB", "BGR"] | None = None  # the channel order the model expects
     classes: str | None = None  # the name of a file of class names, one a line
     scale: float | None = None  # the factor that takes stored pixel values to the mean's range (1/255)
+    # timm's pretrained_cfg: the size the weights were evaluated at, the centre crop's share, the resize filter.
+    input_size: list[Annotated[int, Field(gt=0)]] | None = Field(default=None, min_length=3, max_length=3)
+    crop_fraction: float | None = Field(default=None, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] | None = None
 
 
 class Spec(StrictModel):

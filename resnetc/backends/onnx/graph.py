@@ -117,10 +117,14 @@ def _dims(shape: tuple[int, ...], symbols: tuple[str | int, str | int] | None, b
 
 def preprocessing_metadata(model: Model) -> dict[str, str]:
     """The spec's `preprocessing:` as metadata_props: `resnetc.preprocessing.mean` = `0.485,0.456,0.406`,
-    `.std`, `.scale`, `.colour` (RGB or BGR), `.classes` (a file name)."""
+    `.std`, `.scale`, `.colour` (RGB or BGR), `.classes` (a file name), and timm's `.input_size` (`3,224,224`),
+    `.crop_fraction` and `.interpolation`."""
     entries = {}
     for key, value in (model.preprocessing or {}).items():
-        text = ",".join(repr(float(item)) for item in value) if isinstance(value, list) else str(value)
+        if isinstance(value, list):
+            text = ",".join(str(item) if isinstance(item, int) else repr(float(item)) for item in value)
+        else:
+            text = str(value)
         entries[f"resnetc.preprocessing.{key}"] = text
     return entries
 

@@ -1,0 +1,257 @@
+"""Write specs/timm/<name>.yaml for timm's resnet.py architectures, from timm's own arguments.
+
+    python -m tools.timm_specs            # (re)write every spec this knows how to express
+    python -m tools.timm_specs --check    # exit 1 if a written spec differs from what timm's arguments give
+
+Each architecture's constructor arguments are read from timm 1.0.31 itself (its registered entry point is
+called with the model factory replaced by one that records the arguments), then mapped onto library blocks:
+BasicBlock or Bottleneck, with squeeze-and-excitation, ECA or anti-aliasing (blur or average pool); a plain,
+deep or tiered stem; average-pool downsampling; ResNet-RS's convolutional stem pool. What a spec carries of
+timm's pretrained_cfg: input size, mean, std, crop fraction and interpolation. Architectures whose arguments
+fall outside that map (listed in UNEXPRESSED, with the reason) are not written. Needs the test extra (timm);
+not installed with resnetc.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "specs" / "timm"
+TIMM_VERSION = "1.0.31"
+# Written by hand before this generator existed (and tested the same way): left as they are.
+HANDWRITTEN = {"resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50"}
+UNEXPRESSED = {
+    "ecaresnet50d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
+    "ecaresnet101d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
+    "senet154": "block_reduce_first=2 and a 3x3 downsample convolution: neither is in the library blocks yet",
+    "resnet50_gn": "GroupNorm in every block, stem and projection: no GroupNorm variant of the blocks yet",
+}
+KNOWN_ARGS = {"stem_width", "stem_type", "avg_down", "cardinality", "base_width", "aa_layer", "replace_stem_pool"}
+WIDTHS = (64, 128, 256, 512)
+
+
+def captured_arguments() -> dict[str, dict[str, Any]]:
+    """timm's constructor arguments of every architecture in resnet.py, read by calling its entry point."""
+    import timm
+    import timm.models.resnet as resnet
+    from timm.models import model_entrypoint
+
+    found: dict[str, dict[str, Any]] = {}
+
+    class Recorded(Exception):
+        pass
+
+    def record(variant: str, pretrained: bool = False, **kwargs: Any) -> None:
+        found[variant] = kwargs
+        raise Recorded
+
+    real = resnet._create_resnet
+    resnet._create_resnet = record
+    try:
+        for name in timm.list_models(module="resnet"):
+            try:
+                model_entrypoint(name)()
+            except Recorded:
+                pass
+    finally:
+        resnet._create_resnet = real
+    return found
+
+
+def class_name(name: str) -> str:
+    """`seresnext26d_32x4d` -> `SEResNeXt26D_32x4d`: timm's name, spelled as the papers do."""
+    head, _, tail = name.partition("_")
+    spellings = (
+        ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"), ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
+        ("resnext", "ResNeXt"), ("resnet", "ResNet"), ("wide", "Wide"),
+    )  # fmt: skip
+    for old, new in spellings:
+        if head.startswith(old):
+            head = new + head[len(old) :]
+            break
+    head = head.replace("blur", "Blur").replace("aa", "AA").replace("rs", "RS")
+    head = head[:-1] + head[-1].upper() if head[-1] in "cdst" and head[-2].isdigit() else head
+    return head + (f"_{tail}" if tail else "")
+
+
+def _se_reduced(channels: int, ratio: float = 1 / 16, divisor: int = 8) -> int:
+    """timm's make_divisible(channels * ratio, 8) with round_limit 0, as its SEModule sizes the squeeze."""
+    value = channels * ratio
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+def _eca_kernel(channels: int, gamma: int = 2, beta: int = 1) -> int:
+    """timm's EcaModule kernel size for `channels`: the odd integer nearest (log2(channels) + beta) / gamma."""
+    size = int(abs(math.log(channels, 2) + beta) / gamma)
+    return size if size % 2 else size + 1
+
+
+def _attention(kwargs: dict[str, Any]) -> tuple[str | None, float]:
+    attn = (kwargs.get("block_args") or {}).get("attn_layer")
+    if attn is None:
+        return None, 0.0
+    if isinstance(attn, str):
+        return attn, 1 / 16
+    ratio = attn.keywords.get("rd_ratio", 1 / 16)  # functools.partial(SEModule, rd_ratio=0.25): ResNet-RS
+    return "se", ratio
+
+
+def expressible(name: str, kwargs: dict[str, Any]) -> str | None:
+    """Why the architecture cannot be written with the library blocks, or None."""
+    if name in UNEXPRESSED:
+        return UNEXPRESSED[name]
+    extra = set(kwargs) - KNOWN_ARGS - {"block", "layers", "block_args"}
+    if extra:
+        return f"arguments not mapped: {sorted(extra)}"
+    attn, _ = _attention(kwargs)
+    basic = kwargs["block"].__name__ == "BasicBlock"
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    if attn not in (None, "se", "eca") or (basic and attn == "eca") or (attn == "eca" and aa):
+        return f"attention {attn!r} with {'BasicBlock' if basic else 'Bottleneck'} and aa {aa!r}"
+    if basic and attn == "se" and aa:
+        return "SE with anti-aliasing in a BasicBlock"
+    return None
+
+
+def _block(kwargs: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
+    """The library block and each stage's own arguments."""
+    basic = kwargs["block"].__name__ == "BasicBlock"
+    attn, ratio = _attention(kwargs)
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    groups, base = kwargs.get("cardinality", 1), kwargs.get("base_width", 64)
+    stages: list[dict[str, object]] = [{"width": width} for width in WIDTHS]
+    if not basic and (groups, base) != (1, 64):
+        for stage in stages:
+            stage |= {"groups": groups, "base_width": base}
+    expansion = 1 if basic else 4
+    if attn == "se" and basic:
+        for stage in stages:
+            stage["reduced"] = _se_reduced(int(stage["width"]) * expansion, ratio)  # type: ignore[call-overload]
+    elif attn == "se" and round(1 / ratio) != 16:
+        for stage in stages:
+            stage["se_reduction"] = round(1 / ratio)
+    elif attn == "eca":
+        for stage in stages:
+            stage["eca_kernel"] = _eca_kernel(int(stage["width"]) * expansion)  # type: ignore[call-overload]
+    kind = "basic" if basic else "bottleneck"
+    prefix = {None: "", "se": "se_", "eca": "eca_"}[attn] + {None: "", "BlurPool2d": "blur_", "AvgPool2d": "aa_"}[aa]
+    if prefix == "se_aa_" or prefix == "aa_" or prefix == "blur_" or prefix in ("", "se_", "eca_"):
+        return f"timm_{prefix}{kind}", stages
+    raise ValueError(f"no library block for {prefix}{kind}")
+
+
+def _stem(kwargs: dict[str, Any]) -> list[str]:
+    width, kind = kwargs.get("stem_width", 64), kwargs.get("stem_type", "")
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    if kind == "":
+        conv1 = "  conv1: {op: conv, out: 64, kernel: 7, stride: 2, padding: 3}"
+    else:
+        first = 3 * (width // 4) if kind == "deep_tiered" else width
+        args = _flow({"first": first, "second": width, "out": 2 * width})
+        conv1 = f"  conv1: {{op: submodule, block: timm_deep_stem, args: {args}}}"
+    if kwargs.get("replace_stem_pool"):
+        pool = "  maxpool: {op: submodule, block: timm_conv_stem_pool}"
+    elif aa == "BlurPool2d":
+        pool = "  maxpool: {op: submodule, block: timm_blur_stem_pool}"
+    elif aa == "AvgPool2d":
+        pool = "  maxpool: {op: avgpool, kernel: 2}  # timm: an average-pool anti-aliased stem pools with it alone"
+    else:
+        pool = "  maxpool: {op: maxpool, kernel: 3, stride: 2, padding: 1}"
+    return [conv1, "  bn1: {op: batchnorm}", "  act1: {op: relu}", pool]
+
+
+def _flow(values: dict[str, object]) -> str:
+    return "{" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}"
+
+
+def spec_text(name: str, kwargs: dict[str, Any]) -> str:
+    import timm
+    import torch
+
+    config = timm.models.get_pretrained_cfg(name)
+    with torch.device("meta"):
+        params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
+    block, stages = _block(kwargs)
+    layers, (channels, height, width) = kwargs["layers"], config.input_size
+    stem = kwargs.get("stem_type")
+    summary = (
+        f"{'BasicBlock' if 'basic' in block else 'Bottleneck'} {list(layers)}"
+        + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
+        + (", average-pool downsampling" if kwargs.get("avg_down") else "")
+        + (f", {kwargs['cardinality']}x{kwargs['base_width']}d groups" if kwargs.get("cardinality", 1) > 1 else "")
+        + {None: "", "se": ", squeeze-and-excitation", "eca": ", ECA attention"}[_attention(kwargs)[0]]
+        + {None: "", "BlurPool2d": ", blur-pool anti-aliasing", "AvgPool2d": ", average-pool anti-aliasing"}[
+            getattr(kwargs.get("aa_layer"), "__name__", None)
+        ]
+        + (", ResNet-RS's convolutional stem pool" if kwargs.get("replace_stem_pool") else "")
+    )
+    preprocessing = {
+        "scale": 1 / 255,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "colour": "RGB",
+        "input_size": list(config.input_size),
+        "crop_fraction": config.crop_pct,
+        "interpolation": config.interpolation,
+    }
+    lines = [
+        "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
+        f"# timm's {name} ({summary}), timm's state_dict keys weight for weight.",
+        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
+        "version: 1",
+        f"name: {class_name(name)}",
+        f'doc: "{name} as timm builds it: {summary}."',
+        f"input: [{channels}, {height}, {width}]",
+        "num_classes: 1000",
+        "shortcut: B",
+        *(["projection: timm_avg_down"] if kwargs.get("avg_down") else []),
+        f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
+        "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
+        "zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero",
+        "layers:",
+        *_stem(kwargs),
+    ]
+    for index, (repeat, args) in enumerate(zip(layers, stages, strict=True)):
+        stride = "" if index == 0 else ", stride: 2"
+        stage = f"{{op: stage, block: {block}, repeat: {repeat}, args: {_flow(args)}{stride}}}"
+        lines.append(f"  layer{index + 1}: {stage}")
+    lines += ["  global_pool: {op: global_avg_pool}", "  flatten: {op: flatten}"]
+    lines += ["  fc: {op: linear, out: num_classes}"]
+    return "\n".join(lines) + "\n"
+
+
+def wanted() -> tuple[dict[Path, str], dict[str, str]]:
+    """The spec text of every expressible architecture, and why each other one is not written."""
+    texts, skipped = {}, {}
+    for name, kwargs in sorted(captured_arguments().items()):
+        if name in HANDWRITTEN or name.startswith("test_"):  # test_resnet: timm's own tiny test model
+            continue
+        reason = expressible(name, kwargs)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
+    return texts, skipped
+
+
+def main(argv: list[str]) -> int:
+    texts, skipped = wanted()
+    stale = [path for path, text in texts.items() if not path.exists() or path.read_text() != text]
+    for name, reason in skipped.items():
+        print(f"not written: {name}: {reason}")
+    if "--check" in argv:
+        for path in stale:
+            print(f"stale: {path.relative_to(ROOT)} (run python -m tools.timm_specs)")
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(texts[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
