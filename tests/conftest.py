@@ -16,6 +16,17 @@ from resnetc.verify import exercise_batchnorm
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 SPEC_IDS = [path.stem for path in SPECS]
+# The largest shipped specs (over 40M parameters or 1,000 layers): the per-spec agreement and training tests
+# run them in the slow suite; every feature they use is covered at a small size by the others.
+LARGE = {"resnet1202", "preact_resnet1001", "wide_resnet50_2", "resnet152", "resnet152_v1"}
+
+
+def by_size(specs: list, ids: list[str]) -> list:
+    """pytest parameters for `specs`, the LARGE ones marked slow."""
+    return [
+        pytest.param(spec, id=name, marks=pytest.mark.slow) if name in LARGE else pytest.param(spec, id=name)
+        for spec, name in zip(specs, ids, strict=True)
+    ]
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

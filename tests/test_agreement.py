@@ -12,6 +12,7 @@ from tests.conftest import (
     SPEC_IDS,
     SPECS,
     assert_agree,
+    by_size,
     cpu_session,
     exercise_batchnorm,
     generated_class,
@@ -22,7 +23,7 @@ from tests.conftest import (
 SIZES = {"resnet101": 64, "resnet152": 64}
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
+@pytest.mark.parametrize("spec", by_size(SPECS, SPEC_IDS))
 def test_onnx_agrees_with_generated_module(spec, tmp_path) -> None:
     torch.manual_seed(0)
     model = generated_class(spec.stem)()

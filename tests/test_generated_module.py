@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import resnetc
-from tests.conftest import ROOT, SPEC_IDS, SPECS, generated_class
+from tests.conftest import ROOT, SPEC_IDS, SPECS, by_size, generated_class
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
@@ -142,7 +142,7 @@ LOSS_FALLS = [
 ]
 
 
-@pytest.mark.parametrize("stem", SPEC_IDS)
+@pytest.mark.parametrize("stem", by_size(SPEC_IDS, SPEC_IDS))
 def test_every_generated_module_trains(stem: str) -> None:
     size = 32 if resnetc.info(ROOT / "specs" / f"{stem}.yaml").input[1] == 32 else 64
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ SCHEMA = ROOT / "resnetc" / "library" / "spec.schema.json"
 # Where each generated section lives (relative to the repository root).
 SECTION_FILES = {
     "ops": "docs/spec-format.md",
+    "blocks": "docs/blocks.md",
     "typo-spec": "docs/errors.md",
     "typo": "docs/errors.md",
     "codes": "docs/errors.md",
@@ -74,6 +75,21 @@ def op_table() -> str:
     return "\n".join(lines)
 
 
+def blocks_table() -> str:
+    """docs/blocks.md's table: every library block, as `resnetc blocks` lists it."""
+    from resnetc.frontend.load import library
+
+    lines = ["| block | parameters (defaults) | what it is |", "|---|---|---|"]
+    for name, located in library().items():
+        params = ", ".join(
+            f"`{param}`" if default is None else f"`{param}` ({default})"
+            for param, default in located.block.params.items()
+        )
+        doc = " ".join(located.block.doc.split()).replace("|", "\\|")
+        lines.append(f"| `{name}` | {params or 'none'} | {doc} |")
+    return "\n".join(lines)
+
+
 def codes_table() -> str:
     lines = ["| code | meaning |", "|---|---|"]
     lines += [f"| `{code}` | {meaning} |" for code, meaning in CODES.items()]
@@ -105,6 +121,7 @@ def sections() -> dict[str, Callable[[], str]]:
     """Each generated section's name and how to make its body."""
     return {
         "ops": op_table,
+        "blocks": blocks_table,
         "codes": codes_table,
         "typo-spec": lambda: f"```yaml\n{TYPO_SPEC}```",
         "typo": error_example,
