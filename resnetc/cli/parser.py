@@ -21,7 +21,9 @@ def parser() -> argparse.ArgumentParser:
         default="torch",
         help="all: torch and onnx; triton: DIR/<stem>/config.pbtxt and DIR/<stem>/1/model.onnx",
     )
-    compile_.add_argument("--weights", help="state_dict (.pt/.pth) or .safetensors file for the ONNX model")
+    compile_.add_argument(
+        "--weights", help="state_dict (.pt/.pth) or .safetensors file, or hf-hub:OWNER/NAME from the hub cache on disk"
+    )
     compile_.add_argument(
         "--reinit",
         action="append",

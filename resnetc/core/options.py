@@ -31,7 +31,7 @@ class Options:
     """Everything `compile` can be asked, in snake_case as the CLI's flags."""
 
     target: str = "torch"
-    weights: Any = None  # a weights file, an `hf-hub:` name, or a mapping of state_dict key -> array
+    weights: Any = None  # a weights file, an `hf-hub:OWNER/NAME` in the hub cache, or a mapping key -> array
     opset: int | None = None  # None: DEFAULT_OPSET
     dtype: str = "float32"
     fold_bn: bool = False

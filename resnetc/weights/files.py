@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -181,10 +183,49 @@ def _read_safetensors(path: Path, size: int, budget: int | None) -> dict[str, ob
     return result
 
 
+HUB_PREFIX = "hf-hub:"
+_HUB_NAME = re.compile(r"[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+")
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repositories hold, preferred first
+
+
+def hub_cache() -> Path:
+    """Where the Hugging Face hub keeps its downloads: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def hub_file(name: str) -> Path:
+    """`hf-hub:timm/resnet50.a1_in1k` as the checkpoint file in the hub cache on disk, never the network:
+    models--timm--resnet50.a1_in1k/refs/main holds a commit, snapshots/<commit>/ the files."""
+    repository = name.removeprefix(HUB_PREFIX)
+    if not _HUB_NAME.fullmatch(repository) or ".." in repository:
+        raise WeightsError(f"{shown(name)}: a hub name is hf-hub:OWNER/NAME (e.g. hf-hub:timm/resnet50.a1_in1k)")
+    folder = hub_cache() / ("models--" + repository.replace("/", "--"))
+    ref = folder / "refs" / "main"
+    try:
+        commit = ref.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        raise WeightsError(
+            f"{shown(name)} is not in the hub cache: no {shown(str(ref))} (download it once with "
+            f"huggingface_hub, or set HF_HUB_CACHE to the cache that has it; resnetc never downloads)"
+        ) from None
+    if not re.fullmatch(r"[0-9a-f]{7,64}", commit):
+        raise WeightsError(f"{shown(str(ref))} does not hold a commit hash")
+    snapshot = folder / "snapshots" / commit
+    for file_name in HUB_FILES:
+        if (snapshot / file_name).is_file():
+            return snapshot / file_name
+    raise WeightsError(f"{shown(name)}: {shown(str(snapshot))} holds neither {' nor '.join(HUB_FILES)}")
+
+
 def read_weights(path: str | Path, budget: int | None = None) -> dict[str, object]:
-    """Named arrays from a safetensors file or a torch.save'd state_dict, told apart by content. `budget`:
-    the most bytes of tensors the caller can use; a file declaring more is refused before it is read."""
-    path = Path(path)
+    """Named arrays from a safetensors file or a torch.save'd state_dict, told apart by content, or the
+    checkpoint of an `hf-hub:OWNER/NAME` in the hub cache on disk. `budget`: the most bytes of tensors the
+    caller can use; a file declaring more is refused before it is read."""
+    path = hub_file(path) if isinstance(path, str) and path.startswith(HUB_PREFIX) else Path(path)
     size = _check_path(path)
     if _kind(path) == "safetensors":
         return _read_safetensors(path, size, budget)
