@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from resnetc.core.errors import SpecError
 from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
 from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
@@ -117,6 +118,49 @@ class GlobalAvgPool(Op):
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         graph.node("GlobalAveragePool", inputs, [output], node.name)
+        return True
+
+
+class AdaptiveAvgPoolFields(LayerFields):
+    op: Literal["adaptive_avg_pool"]
+    size: IntExpr  # the output's height and width
+
+
+@register
+class AdaptiveAvgPool(Op):
+    fields = AdaptiveAvgPoolFields
+    doc = (
+        "means over a `size` x `size` grid of cells (`nn.AdaptiveAvgPool2d`, VGG's head); in ONNX an exact "
+        "`AveragePool` where the input is a multiple of `size` (the identity where equal), else refused (E406)"
+    )
+    example: ClassVar[dict[str, Any]] = {"size": 1}
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, height, width = image(shapes, "adaptive_avg_pool")
+        positive(attrs, "size")
+        size = attrs["size"]
+        return Inferred(shape=(channels, size, size), resolved={"in_height": int(height), "in_width": int(width)})
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        size = source.expression(layer.attrs["size"])
+        return f"nn.AdaptiveAvgPool2d(({size}, {size}))"
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        """Exact only where every cell has the same size: the input a multiple of the output (equal: identity)."""
+        height, width, size = node.attrs["in_height"], node.attrs["in_width"], node.attrs["size"]
+        if (height, width) == (size, size):
+            graph.node("Identity", inputs, [output], node.name)
+            return True
+        if height % size or width % size:
+            raise SpecError.at(
+                node.where,  # type: ignore[arg-type]
+                f"layer {node.name}: pooling {height}x{width} to {size}x{size} has cells of unequal size, which "
+                f"ONNX's AveragePool cannot express exactly; compile at an input size that gives a multiple of "
+                f"{size} here",
+                "E406",
+            )
+        kernel = [height // size, width // size]
+        graph.node("AveragePool", inputs, [output], node.name, kernel_shape=kernel, strides=kernel)
         return True
 
 
