@@ -73,7 +73,7 @@ def class_name(name: str) -> str:
         if head.startswith(old):
             head = new + head[len(old) :]
             break
-    head = head.replace("blur", "Blur").replace("aa", "AA").replace("rs", "RS")
+    head = head.replace("blur", "Blur").replace("aa", "AA").replace("rs", "RS").replace("v2", "V2")
     head = head[:-1] + head[-1].upper() if head[-1] in "cdst" and head[-2].isdigit() else head
     return head + (f"_{tail}" if tail else "")
 
@@ -224,6 +224,114 @@ def spec_text(name: str, kwargs: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+V2_HANDWRITTEN = {"resnetv2_50", "resnetv2_50x1_bit"}
+V2_UNEXPRESSED = {
+    "basic": "ResNetV2's pre-activation BasicBlock is not among the library blocks yet",
+    "stem_type": "ResNetV2's deep and tiered stems and average-pool downsampling are not among the library blocks yet",
+    "norm_layer": "EvoNorm, FilterResponseNorm and GroupNorm-with-activation have no op or block yet",
+}
+
+
+def captured_v2_arguments() -> dict[str, dict[str, Any]]:
+    """timm's constructor arguments of every architecture in resnetv2.py (as `captured_arguments`)."""
+    import timm
+    import timm.models.resnetv2 as resnetv2
+    from timm.models import model_entrypoint
+
+    found: dict[str, dict[str, Any]] = {}
+
+    class Recorded(Exception):
+        pass
+
+    def record(variant: str, pretrained: bool = False, **kwargs: Any) -> None:
+        found[variant] = kwargs
+        raise Recorded
+
+    real = resnetv2._create_resnetv2
+    resnetv2._create_resnetv2 = record
+    try:
+        for name in timm.list_models(module="resnetv2"):
+            try:
+                model_entrypoint(name)()
+            except Recorded:
+                pass
+    finally:
+        resnetv2._create_resnetv2 = real
+    return found
+
+
+def v2_expressible(kwargs: dict[str, Any]) -> str | None:
+    if kwargs.get("basic"):
+        return V2_UNEXPRESSED["basic"]
+    if kwargs.get("stem_type") not in (None, "fixed") or kwargs.get("avg_down"):
+        return V2_UNEXPRESSED["stem_type"]
+    norm = getattr(kwargs.get("norm_layer"), "__name__", "BatchNormAct2d")
+    if norm != "BatchNormAct2d":
+        return V2_UNEXPRESSED["norm_layer"]
+    return None
+
+
+def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
+    """ResNetV2 (pre-activation bottlenecks in named stages) and BiT (GroupNorm, weight standardisation)."""
+    import timm
+    import torch
+
+    config = timm.models.get_pretrained_cfg(name)
+    with torch.device("meta"):
+        params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
+    bit = kwargs.get("stem_type") == "fixed"
+    factor = kwargs.get("width_factor", 1)
+    layers = list(kwargs["layers"])
+    kind = "BiT" if bit else "ResNetV2"
+    stage_block = "timm_bit_stage" if bit else "timm_v2_stage"
+    summary = f"pre-activation bottlenecks {layers}" + (
+        f", GroupNorm and weight-standardised convolutions, width x{factor}" if bit else ""
+    )
+    stages = []
+    for index, (depth, width) in enumerate(zip(layers, WIDTHS, strict=True)):
+        stride = "" if index == 0 else ", stride: 2"
+        args = f"{{width: {width * factor}, depth: {depth}{stride}}}"
+        stages.append(f'      "{index}": {{op: submodule, block: {stage_block}, args: {args}}}')
+    preprocessing = {
+        "scale": 1 / 255, "mean": list(config.mean), "std": list(config.std), "colour": "RGB",
+        "input_size": list(config.input_size), "crop_fraction": config.crop_pct, "interpolation": config.interpolation,
+    }  # fmt: skip
+    channels, height, width = config.input_size
+    stem = f"{{op: submodule, block: timm_bit_stem{', args: {out: ' + str(64 * factor) + '}' if factor != 1 else ''}}}"
+    lines = [
+        "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
+        f"# timm's {name} ({kind}: {summary}), timm's state_dict keys weight for weight.",
+        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
+        "version: 1",
+        f"name: {class_name(name)}",
+        f'doc: "{name} as timm builds it: {summary}."',
+        f"input: [{channels}, {height}, {width}]",
+        "num_classes: 1000",
+        "shortcut: B",
+        f"projection: {'timm_bit_projection' if bit else 'timm_v2_projection'}",
+        f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
+        "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
+        "",
+        "blocks:",
+        "  stages:",
+        f"    class_name: {'TimmBiTStages' if bit else 'TimmV2Stages'}",
+        "    doc: The four stages, as timm's nn.Sequential named stages.",
+        "    params: {}",
+        "    layers:",
+        *stages,
+        "",
+        "init_zeros: [head.fc.bias]  # timm's ResNetV2 zeroes its classifier bias (zero_init_last stays off)",
+        "layers:",
+        f"  stem: {stem if bit else '{op: submodule, block: timm_v2_stem}'}",
+        "  stages: {op: submodule, block: stages}",
+        f"  norm: {'{op: groupnorm, groups: 32}' if bit else '{op: batchnorm}'}",
+        "  norm_act: {op: relu}",
+        "  head: {op: submodule, block: timm_v2_head, args: {classes: num_classes}}",
+        "  flatten: {op: flatten}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def wanted() -> tuple[dict[Path, str], dict[str, str]]:
     """The spec text of every expressible architecture, and why each other one is not written."""
     texts, skipped = {}, {}
@@ -235,6 +343,14 @@ def wanted() -> tuple[dict[Path, str], dict[str, str]]:
             skipped[name] = reason
             continue
         texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
+    for name, kwargs in sorted(captured_v2_arguments().items()):
+        if name in V2_HANDWRITTEN:
+            continue
+        reason = v2_expressible(kwargs)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        texts[OUT / f"{name}.yaml"] = v2_spec_text(name, kwargs)
     return texts, skipped
 
 
