@@ -34,12 +34,15 @@ KNOWN_ARGS = {"stem_width", "stem_type", "avg_down", "cardinality", "base_width"
 WIDTHS = (64, 128, 256, 512)
 
 
-def captured_arguments() -> dict[str, dict[str, Any]]:
-    """timm's constructor arguments of every architecture in resnet.py, read by calling its entry point."""
+def captured_arguments(module: str = "resnet", factory: str = "_create_resnet") -> dict[str, dict[str, Any]]:
+    """timm's constructor arguments of every architecture in timm/models/<module>.py, read by calling each
+    registered entry point with the model factory `factory` replaced by one that records its arguments."""
+    import importlib
+
     import timm
-    import timm.models.resnet as resnet
     from timm.models import model_entrypoint
 
+    source = importlib.import_module(f"timm.models.{module}")
     found: dict[str, dict[str, Any]] = {}
 
     class Recorded(Exception):
@@ -49,16 +52,16 @@ def captured_arguments() -> dict[str, dict[str, Any]]:
         found[variant] = kwargs
         raise Recorded
 
-    real = resnet._create_resnet
-    resnet._create_resnet = record
+    real = getattr(source, factory)
+    setattr(source, factory, record)
     try:
-        for name in timm.list_models(module="resnet"):
+        for name in timm.list_models(module=module):
             try:
                 model_entrypoint(name)()
             except Recorded:
                 pass
     finally:
-        resnet._create_resnet = real
+        setattr(source, factory, real)
     return found
 
 
@@ -232,34 +235,6 @@ V2_UNEXPRESSED = {
 }
 
 
-def captured_v2_arguments() -> dict[str, dict[str, Any]]:
-    """timm's constructor arguments of every architecture in resnetv2.py (as `captured_arguments`)."""
-    import timm
-    import timm.models.resnetv2 as resnetv2
-    from timm.models import model_entrypoint
-
-    found: dict[str, dict[str, Any]] = {}
-
-    class Recorded(Exception):
-        pass
-
-    def record(variant: str, pretrained: bool = False, **kwargs: Any) -> None:
-        found[variant] = kwargs
-        raise Recorded
-
-    real = resnetv2._create_resnetv2
-    resnetv2._create_resnetv2 = record
-    try:
-        for name in timm.list_models(module="resnetv2"):
-            try:
-                model_entrypoint(name)()
-            except Recorded:
-                pass
-    finally:
-        resnetv2._create_resnetv2 = real
-    return found
-
-
 def v2_expressible(kwargs: dict[str, Any]) -> str | None:
     if kwargs.get("basic"):
         return V2_UNEXPRESSED["basic"]
@@ -343,7 +318,7 @@ def wanted() -> tuple[dict[Path, str], dict[str, str]]:
             skipped[name] = reason
             continue
         texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
-    for name, kwargs in sorted(captured_v2_arguments().items()):
+    for name, kwargs in sorted(captured_arguments("resnetv2", "_create_resnetv2").items()):
         if name in V2_HANDWRITTEN:
             continue
         reason = v2_expressible(kwargs)
