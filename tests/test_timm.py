@@ -161,3 +161,13 @@ def test_backbone_says_its_features() -> None:
     summary = resnetc.info(_spec("resnet50_features")).as_json()
     assert [item["stride"] for item in summary["outputs"]] == [4, 8, 16, 32]
     assert summary["output"] == [2048, 7, 7]
+
+
+@pytest.mark.slow
+def test_generated_specs_are_what_timms_arguments_give() -> None:
+    """tools/timm_specs.py, rerun against the installed timm, writes exactly the committed specs."""
+    from tools import timm_specs
+
+    texts, skipped = timm_specs.wanted()
+    assert len(texts) >= 77 and set(skipped) >= set(timm_specs.UNEXPRESSED)
+    assert [path.name for path, text in texts.items() if path.read_text() != text] == []
