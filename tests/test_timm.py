@@ -34,7 +34,7 @@ FAST_OUTPUTS = {
     "resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50", "resnet50_os16",
     "resnet50_droppath", "resnet50_features", "resnetv2_50", "resnetv2_50x1_bit", "res2net50_26w_4s", "skresnet18",
     "resnest50d", "resnet10t", "resnet18", "seresnet18", "resnetblur18", "resnetaa34d", "resnet14t",
-    "seresnext26t_32x4d", "ecaresnext26t_32x4d",
+    "seresnext26t_32x4d", "ecaresnext26t_32x4d", "resnest14d",
 }  # fmt: skip
 
 

@@ -70,14 +70,14 @@ def class_name(name: str) -> str:
     head, _, tail = name.partition("_")
     spellings = (
         ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"), ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
-        ("resnext", "ResNeXt"), ("resnet", "ResNet"), ("wide", "Wide"),
+        ("resnext", "ResNeXt"), ("resnest", "ResNeSt"), ("resnet", "ResNet"), ("wide", "Wide"),
     )  # fmt: skip
     for old, new in spellings:
         if head.startswith(old):
             head = new + head[len(old) :]
             break
     head = head.replace("blur", "Blur").replace("aa", "AA").replace("rs", "RS").replace("v2", "V2")
-    head = head[:-1] + head[-1].upper() if head[-1] in "cdst" and head[-2].isdigit() else head
+    head = head[:-1] + head[-1].upper() if head[-1] in "cdest" and head[-2].isdigit() else head
     return head + (f"_{tail}" if tail else "")
 
 
@@ -171,18 +171,23 @@ def _flow(values: dict[str, object]) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}"
 
 
-def spec_text(name: str, kwargs: dict[str, Any]) -> str:
+def spec_text(name: str, kwargs: dict[str, Any], resnest: bool = False) -> str:
+    """The spec of a resnet.py architecture, or (`resnest`) of a ResNeSt one: split-attention bottlenecks."""
     import timm
     import torch
 
     config = timm.models.get_pretrained_cfg(name)
     with torch.device("meta"):
         params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
-    block, stages = _block(kwargs)
+    if resnest:  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
+        block, stages = "timm_resnest_bottleneck", [{"width": width, "reduced": width // 2} for width in WIDTHS]
+    else:
+        block, stages = _block(kwargs)
     layers, (channels, height, width) = kwargs["layers"], config.input_size
     stem = kwargs.get("stem_type")
+    kind = "split-attention Bottleneck" if resnest else "BasicBlock" if "basic" in block else "Bottleneck"
     summary = (
-        f"{'BasicBlock' if 'basic' in block else 'Bottleneck'} {list(layers)}"
+        f"{kind} {list(layers)}"
         + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
         + (", average-pool downsampling" if kwargs.get("avg_down") else "")
         + (f", {kwargs['cardinality']}x{kwargs['base_width']}d groups" if kwargs.get("cardinality", 1) > 1 else "")
@@ -307,6 +312,16 @@ def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESNEST_HANDWRITTEN = {"resnest50d"}
+RESNEST_BLOCK = {"radix": 2, "avd": True, "avd_first": False}  # what timm_resnest_bottleneck is
+
+
+def resnest_expressible(kwargs: dict[str, Any]) -> str | None:
+    if kwargs.get("block_args") != RESNEST_BLOCK or (kwargs.get("cardinality"), kwargs.get("base_width")) != (1, 64):
+        return "radix, groups or the average-pool position differ from timm_resnest_bottleneck's (radix 2, avd last)"
+    return None
+
+
 def wanted() -> tuple[dict[Path, str], dict[str, str]]:
     """The spec text of every expressible architecture, and why each other one is not written."""
     texts, skipped = {}, {}
@@ -318,6 +333,14 @@ def wanted() -> tuple[dict[Path, str], dict[str, str]]:
             skipped[name] = reason
             continue
         texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
+    for name, kwargs in sorted(captured_arguments("resnest", "_create_resnest").items()):
+        if name in RESNEST_HANDWRITTEN:
+            continue
+        reason = resnest_expressible(kwargs)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs, resnest=True)
     for name, kwargs in sorted(captured_arguments("resnetv2", "_create_resnetv2").items()):
         if name in V2_HANDWRITTEN:
             continue
