@@ -69,7 +69,8 @@ def class_name(name: str) -> str:
     """`seresnext26d_32x4d` -> `SEResNeXt26D_32x4d`: timm's name, spelled as the papers do."""
     head, _, tail = name.partition("_")
     spellings = (
-        ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"), ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
+        ("skresnet", "SKResNet"), ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"),
+        ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
         ("resnext", "ResNeXt"), ("resnest", "ResNeSt"), ("resnet", "ResNet"), ("wide", "Wide"),
     )  # fmt: skip
     for old, new in spellings:
@@ -171,21 +172,27 @@ def _flow(values: dict[str, object]) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}"
 
 
-def spec_text(name: str, kwargs: dict[str, Any], resnest: bool = False) -> str:
-    """The spec of a resnet.py architecture, or (`resnest`) of a ResNeSt one: split-attention bottlenecks."""
+def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
+    """The spec of a resnet.py architecture, or of a ResNeSt one (split-attention bottlenecks) or an SK-ResNet
+    one (selective-kernel basic blocks): `family` is the timm module."""
     import timm
     import torch
 
     config = timm.models.get_pretrained_cfg(name)
     with torch.device("meta"):
         params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
-    if resnest:  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
+    if family == "resnest":  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
         block, stages = "timm_resnest_bottleneck", [{"width": width, "reduced": width // 2} for width in WIDTHS]
+    elif family == "sknet":  # the attention's width: timm's make_divisible(width / 8, 16)
+        block = "timm_sk_basic"
+        stages = [{"width": width, "reduced": _se_reduced(width, 1 / 8, 16)} for width in WIDTHS]
     else:
         block, stages = _block(kwargs)
     layers, (channels, height, width) = kwargs["layers"], config.input_size
     stem = kwargs.get("stem_type")
-    kind = "split-attention Bottleneck" if resnest else "BasicBlock" if "basic" in block else "Bottleneck"
+    kind = {"resnest": "split-attention Bottleneck", "sknet": "selective-kernel BasicBlock"}.get(
+        family, "BasicBlock" if "basic" in block else "Bottleneck"
+    )
     summary = (
         f"{kind} {list(layers)}"
         + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
@@ -219,7 +226,11 @@ def spec_text(name: str, kwargs: dict[str, Any], resnest: bool = False) -> str:
         *(["projection: timm_avg_down"] if kwargs.get("avg_down") else []),
         f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
         "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
-        "zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero",
+        *(
+            ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
+            if kwargs.get("zero_init_last", True)
+            else []
+        ),
         "layers:",
         *_stem(kwargs),
     ]
@@ -313,6 +324,7 @@ def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
 
 
 RESNEST_HANDWRITTEN = {"resnest50d"}
+SK_BASIC = {"rd_ratio": 0.125, "rd_divisor": 16, "split_input": True}  # what timm_sk_basic is
 RESNEST_BLOCK = {"radix": 2, "avd": True, "avd_first": False}  # what timm_resnest_bottleneck is
 
 
@@ -340,7 +352,15 @@ def wanted() -> tuple[dict[Path, str], dict[str, str]]:
         if reason is not None:
             skipped[name] = reason
             continue
-        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs, resnest=True)
+        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs, family="resnest")
+    for name, kwargs in sorted(captured_arguments("sknet", "_create_skresnet").items()):
+        if name == "skresnet18":  # written by hand first
+            continue
+        sk = (kwargs.get("block_args") or {}).get("sk_kwargs")
+        if kwargs["block"].__name__ != "SelectiveKernelBasic" or sk != SK_BASIC:
+            skipped[name] = "timm's SelectiveKernelBottleneck is not among the library blocks yet"
+            continue
+        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs, family="sknet")
     for name, kwargs in sorted(captured_arguments("resnetv2", "_create_resnetv2").items()):
         if name in V2_HANDWRITTEN:
             continue
