@@ -1,5 +1,6 @@
-"""The seed's comparison nets: VGG-16, VGG-19 and VGG-16 with BatchNorm are torchvision's models, key for key
-and output for output; their ONNX graphs pool exactly at 224x224 and refuse, located, where they cannot."""
+"""The seed's comparison nets: VGG-16, VGG-19, VGG-16 with BatchNorm and GoogLeNet (without auxiliary heads)
+are torchvision's models, key for key and output for output; VGG's ONNX graphs pool exactly at 224x224 and
+refuse, located, where they cannot."""
 
 from __future__ import annotations
 
@@ -77,3 +78,27 @@ def test_info_table_shows_the_seeds_comparison(capsys) -> None:
                  "--table"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "19.6" in out and "3.6" in out and "11.3" in out
+
+
+def _googlenet():
+    torch.manual_seed(0)
+    reference = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    exercise_batchnorm(reference, seed=6)
+    ours = resnetc.build(_spec("googlenet"))
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference.eval(), ours.eval()
+
+
+def test_googlenet_is_torchvisions_without_auxiliary_heads() -> None:
+    reference, ours = _googlenet()
+    assert [(key, tuple(value.shape)) for key, value in ours.state_dict().items()] == [
+        (key, tuple(value.shape)) for key, value in reference.state_dict().items()
+    ]
+    assert resnetc.info(_spec("googlenet")).params == sum(value.numel() for value in reference.parameters())
+    batch = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(ours(batch), reference(batch))
+    proto = resnetc.to_onnx(_spec("googlenet"), weights=state_arrays(ours), input_size=(96, 96))
+    with torch.no_grad():
+        expected = ours(batch).numpy()
+    assert_agree(cpu_session(proto).run(None, {"input": batch.numpy()})[0], expected)
