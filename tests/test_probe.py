@@ -114,3 +114,31 @@ def test_degradation_experiment_runs_at_a_tiny_size(tmp_path) -> None:
     assert figure.read_bytes()[:4] == b"\x89PNG"
     record = json.loads(summary.read_text())
     assert set(record["final"]) == {"plain20", "resnet20"} and len(record["backends"]) == 4
+
+
+def test_probe_with_weights_reports_each_3x3_response_after_bn(tmp_path) -> None:
+    """He et al. 2015, Fig. 7: the std of each 3x3 layer's output after BN, before the nonlinearity, in a
+    trained model (eval mode, running statistics): one per 3x3 convolution, the value measured directly."""
+    import torch
+    from safetensors.torch import save_file
+
+    import resnetc
+    from resnetc.train.probe import probe
+    from resnetc.verify import exercise_batchnorm
+
+    spec = ROOT / "specs" / "resnet20.yaml"
+    model = resnetc.build(spec)
+    exercise_batchnorm(model, seed=4)  # a stand-in for training: non-trivial gammas and running statistics
+    weights = tmp_path / "resnet20.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, weights)
+    result = probe(spec, batch=8, seed=3, weights=weights)
+    responses = {layer.name: layer.response_std for layer in result.layers if layer.response_std is not None}
+    assert len(responses) == 19  # every 3x3 convolution of ResNet-20 (the 1x1 projections have none)
+    model.eval()
+    seen = {}
+    model.layer2[1].bn1.register_forward_hook(lambda m, i, o: seen.update(std=float(o.std())))  # returns None
+    images = torch.randn((8, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model(images)
+    assert responses["layer2.1.conv1"] == pytest.approx(seen["std"], rel=1e-5)
+    assert len({round(value, 3) for value in responses.values()}) > 5  # eval mode: not BatchNorm's 1 everywhere

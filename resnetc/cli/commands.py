@@ -273,16 +273,19 @@ def _probe(args: argparse.Namespace) -> int:
     probes = []
 
     def one(spec: str) -> int:
-        result = probe(spec, batch=args.batch, seed=args.seed, device=args.device, **_overrides(args))
+        result = probe(
+            spec, batch=args.batch, seed=args.seed, device=args.device, weights=args.weights, **_overrides(args)
+        )
         probes.append(result)
         if args.json:
             print(json.dumps(result.as_json()))
         elif args.layers:
             print(f"{shown(spec)}: loss at init {result.loss:.4f}, batch {result.batch}")
             for layer in result.layers:
+                response = "" if layer.response_std is None else f"  response std {layer.response_std:8.4g}"
                 print(
                     f"  {layer.depth:>5} {layer.name:<28} grad {layer.grad_norm:10.4g}"
-                    f"  var {layer.output_variance:10.4g}"
+                    f"  var {layer.output_variance:10.4g}{response}"
                 )
         return EXIT_OK
 

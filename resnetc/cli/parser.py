@@ -144,10 +144,13 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--in-channels", type=int, help="replace the spec's input channels")
 
     probe = commands.add_parser(
-        "probe", help="gradient norm and output variance of every weighted layer at initialisation, by depth"
+        "probe", help="gradient norm, output variance and 3x3 response std of every weighted layer, by depth"
     )
     probe.add_argument("specs", nargs="+", metavar="SPEC")
     probe.add_argument("--batch", type=int, default=64, help="seeded images in the batch (default 64)")
+    probe.add_argument(
+        "--weights", help="a trained model's weights: probed in eval mode (the paper's Fig. 7 responses)"
+    )
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     probe.add_argument("--layers", action="store_true", help="one line per weighted layer")

@@ -1,9 +1,12 @@
-"""`resnetc probe`: how the signal behaves with depth at initialisation.
+"""`resnetc probe`: how the signal behaves with depth, at initialisation or in a trained model.
 
 One seeded batch (standard normal images, uniform random labels) goes forward and backward through the
-generated module in train mode (BatchNorm normalising with the batch's statistics, as on the first step
-of training). For every weighted layer (each convolution and linear layer, in the order the forward pass
-reaches them) it records the variance of the layer's output and the norm of its weight's gradient.
+generated module. For every weighted layer (each convolution and linear layer, in the order the forward pass
+reaches them) it records the variance of the layer's output and the norm of its weight's gradient, and for
+each 3x3 convolution followed by a BatchNorm the standard deviation of that BatchNorm's output: the layer's
+response after BN and before the nonlinearity, as He et al. 2015 plot it in Fig. 7. Freshly initialised, the
+model runs in train mode (BatchNorm with the batch's statistics, as on the first step); with `weights` (a
+trained model) in eval mode, with its running statistics, as the paper measures trained nets.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class LayerProbe:
     name: str  # the module's state_dict prefix (`layer2.0.conv1`)
     output_variance: float
     grad_norm: float  # Frobenius norm of d loss / d weight
+    response_std: float | None = None  # a 3x3 convolution's output after its BatchNorm (Fig. 7); else None
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,16 @@ class Probe:
 
 
 def probe(
-    spec: str | Path | LoadedSpec, *, batch: int = 64, seed: int = 0, device: str = "cpu", **overrides: object
+    spec: str | Path | LoadedSpec,
+    *,
+    batch: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    weights: str | Path | None = None,
+    **overrides: object,
 ) -> Probe:
-    """Forward and backward one seeded batch through the freshly initialised model."""
+    """Forward and backward one seeded batch through the freshly initialised model, or (`weights`) through a
+    trained one in eval mode."""
     from resnetc.api import build, lower
 
     if not 2 <= batch <= 4096:  # BatchNorm in train mode needs two samples
@@ -64,7 +75,8 @@ def probe(
     refuse_unallocatable(model.graph, 2, "probe")  # the weights and their gradients
     refuse_activations(model.graph, batch, True, "probe")
     torch.manual_seed(seed)
-    module = build(model).to(device).train()
+    module = build(model, weights).to(device)
+    module.train(weights is None)
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn((batch, *model.input_shape), generator=generator).to(device)
     labels = torch.randint(0, model.num_classes, (batch,), generator=generator).to(device)
@@ -74,10 +86,22 @@ def probe(
     }
     variances: dict[str, float] = {}  # filled in forward order
 
+    produced: dict[int, str] = {}  # id of a 3x3 convolution's output -> its name, for the BatchNorm after it
+    responses: dict[str, float] = {}
+
     def record(layer: nn.Module, _inputs: object, output: torch.Tensor) -> None:  # None: the output stays as it is
         variances.setdefault(weighted[layer], float(output.detach().var()))
+        if isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3):
+            produced[id(output)] = weighted[layer]
 
+    def respond(_norm: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        name = produced.get(id(inputs[0]))
+        if name is not None:
+            responses.setdefault(name, float(output.detach().std()))
+
+    norms = [layer for layer in module.modules() if isinstance(layer, nn.BatchNorm2d)]
     handles = [layer.register_forward_hook(record) for layer in weighted]
+    handles += [norm.register_forward_hook(respond) for norm in norms]
     try:
         loss = F.cross_entropy(module(images), labels)
         loss.backward()
@@ -86,7 +110,7 @@ def probe(
             handle.remove()
     by_name = {name: layer for layer, name in weighted.items()}
     layers = [
-        LayerProbe(depth, name, variance, float(by_name[name].weight.grad.norm()))
+        LayerProbe(depth, name, variance, float(by_name[name].weight.grad.norm()), responses.get(name))
         for depth, (name, variance) in enumerate(variances.items(), start=1)
     ]
     return Probe(model.file_name, model.class_name, batch, float(loss.detach()), layers)
