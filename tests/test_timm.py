@@ -9,6 +9,8 @@ downsampling with ceil_mode) and the default 224x224 are marked slow.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -124,12 +126,26 @@ def test_onnx_agrees_with_the_module_on_timms_weights(stem: str) -> None:
     assert [output.name for output in proto.graph.output] == (
         ["layer1", "layer2", "layer3", "layer4"] if stem == "resnet50_features" else ["logits"]
     )
-    for onnx_out, torch_out in zip(got, expected, strict=True):
-        if torch_out.ndim == 2:
-            assert_agree(onnx_out, torch_out)
-        else:
-            scale = max(1.0, float(np.abs(torch_out).max()))
-            np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-4 * scale)
+    exact: list[np.ndarray] | None = None  # a float64 evaluation, made where float32 drift must be told apart
+    for index, (onnx_out, torch_out) in enumerate(zip(got, expected, strict=True)):
+        scale = max(1.0, float(np.abs(torch_out).max()))
+        try:
+            if torch_out.ndim == 2:
+                assert_agree(onnx_out, torch_out)
+            else:
+                np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-4 * scale)
+            continue
+        except AssertionError:
+            pass
+        # Deep nets with randomised BatchNorm (seresnet152: output scale 970) drift in float32 on both paths:
+        # then onnxruntime must be no further from float64 than twice PyTorch float32 is (verify's rule).
+        if exact is None:
+            double = copy.deepcopy(ours).double()
+            with torch.no_grad():
+                exact = [item.numpy() for item in _outputs(double(torch.from_numpy(batch).double()))]
+        torch_drift = float(np.abs(torch_out - exact[index]).max())
+        onnx_drift = float(np.abs(onnx_out - exact[index]).max())
+        assert onnx_drift <= 2 * torch_drift + 1e-4 * scale, (stem, onnx_drift, torch_drift)
 
 
 def test_drop_path_rates_are_timms_and_paths_really_drop() -> None:
