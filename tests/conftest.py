@@ -67,6 +67,11 @@ def cpu_session(proto):
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if isinstance(proto, str):  # a model file with external data beside it (over 2 GiB of weights)
+        # onnxruntime's NCHWc layout pass copies a >2 GiB weight inline and fails: open it memory-mapped.
+        return ort.InferenceSession(
+            proto, options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"]
+        )
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
