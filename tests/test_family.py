@@ -65,6 +65,7 @@ def test_exact_params_macs_and_depth(stem: str) -> None:
 
 def test_every_shipped_spec_is_counted() -> None:
     counted = set(FAMILY) | {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    counted |= {"vgg16", "vgg19", "vgg16_bn", "googlenet"}  # against torchvision's in tests/test_comparison_nets.py
     assert counted == set(SPEC_IDS)
 
 
