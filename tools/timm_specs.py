@@ -172,15 +172,50 @@ def _flow(values: dict[str, object]) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in values.items()) + "}"
 
 
-def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
-    """The spec of a resnet.py architecture, or of a ResNeSt one (split-attention bottlenecks) or an SK-ResNet
-    one (selective-kernel basic blocks): `family` is the timm module."""
+def _timm_facts(name: str) -> tuple[Any, int]:
+    """timm's pretrained_cfg of `name` and its parameter count (built on the meta device: nothing allocated)."""
     import timm
     import torch
 
-    config = timm.models.get_pretrained_cfg(name)
     with torch.device("meta"):
         params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
+    return timm.models.get_pretrained_cfg(name), params
+
+
+def _header(name: str, summary: str, config: Any, params: int, projection: str | None, kind: str = "") -> list[str]:
+    """The lines every generated spec starts with: modeline, provenance, the model's facts, preprocessing.
+    `kind` names the family in the comment (`BiT: ...`), not in the doc."""
+    preprocessing = {
+        "scale": 1 / 255,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "colour": "RGB",
+        "input_size": list(config.input_size),
+        "crop_fraction": config.crop_pct,
+        "interpolation": config.interpolation,
+    }
+    channels, height, width = config.input_size
+    return [
+        "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
+        f"# timm's {name} ({kind + ': ' if kind else ''}{summary}), timm's state_dict keys weight for weight.",
+        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
+        "version: 1",
+        f"name: {class_name(name)}",
+        f'doc: "{name} as timm builds it: {summary}."',
+        f"input: [{channels}, {height}, {width}]",
+        "num_classes: 1000",
+        "shortcut: B",
+        *([f"projection: {projection}"] if projection else []),
+        f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
+        "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
+    ]
+
+
+
+def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
+    """The spec of a resnet.py architecture, or of a ResNeSt one (split-attention bottlenecks) or an SK-ResNet
+    one (selective-kernel basic blocks): `family` is the timm module."""
+    config, params = _timm_facts(name)
     if family == "resnest":  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
         block, stages = "timm_resnest_bottleneck", [{"width": width, "reduced": width // 2} for width in WIDTHS]
     elif family == "sknet":  # the attention's width: timm's make_divisible(width / 8, 16)
@@ -188,7 +223,7 @@ def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
         stages = [{"width": width, "reduced": _se_reduced(width, 1 / 8, 16)} for width in WIDTHS]
     else:
         block, stages = _block(kwargs)
-    layers, (channels, height, width) = kwargs["layers"], config.input_size
+    layers = kwargs["layers"]
     stem = kwargs.get("stem_type")
     kind = {"resnest": "split-attention Bottleneck", "sknet": "selective-kernel BasicBlock"}.get(
         family, "BasicBlock" if "basic" in block else "Bottleneck"
@@ -204,28 +239,8 @@ def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
         ]
         + (", ResNet-RS's convolutional stem pool" if kwargs.get("replace_stem_pool") else "")
     )
-    preprocessing = {
-        "scale": 1 / 255,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "colour": "RGB",
-        "input_size": list(config.input_size),
-        "crop_fraction": config.crop_pct,
-        "interpolation": config.interpolation,
-    }
     lines = [
-        "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
-        f"# timm's {name} ({summary}), timm's state_dict keys weight for weight.",
-        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
-        "version: 1",
-        f"name: {class_name(name)}",
-        f'doc: "{name} as timm builds it: {summary}."',
-        f"input: [{channels}, {height}, {width}]",
-        "num_classes: 1000",
-        "shortcut: B",
-        *(["projection: timm_avg_down"] if kwargs.get("avg_down") else []),
-        f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
-        "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
+        *_header(name, summary, config, params, "timm_avg_down" if kwargs.get("avg_down") else None),
         *(
             ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
             if kwargs.get("zero_init_last", True)
@@ -264,12 +279,7 @@ def v2_expressible(kwargs: dict[str, Any]) -> str | None:
 
 def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
     """ResNetV2 (pre-activation bottlenecks in named stages) and BiT (GroupNorm, weight standardisation)."""
-    import timm
-    import torch
-
-    config = timm.models.get_pretrained_cfg(name)
-    with torch.device("meta"):
-        params = sum(parameter.numel() for parameter in timm.create_model(name, pretrained=False).parameters())
+    config, params = _timm_facts(name)
     bit = kwargs.get("stem_type") == "fixed"
     factor = kwargs.get("width_factor", 1)
     layers = list(kwargs["layers"])
@@ -283,25 +293,10 @@ def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
         stride = "" if index == 0 else ", stride: 2"
         args = f"{{width: {width * factor}, depth: {depth}{stride}}}"
         stages.append(f'      "{index}": {{op: submodule, block: {stage_block}, args: {args}}}')
-    preprocessing = {
-        "scale": 1 / 255, "mean": list(config.mean), "std": list(config.std), "colour": "RGB",
-        "input_size": list(config.input_size), "crop_fraction": config.crop_pct, "interpolation": config.interpolation,
-    }  # fmt: skip
-    channels, height, width = config.input_size
     stem = f"{{op: submodule, block: timm_bit_stem{', args: {out: ' + str(64 * factor) + '}' if factor != 1 else ''}}}"
+    projection = "timm_bit_projection" if bit else "timm_v2_projection"
     lines = [
-        "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
-        f"# timm's {name} ({kind}: {summary}), timm's state_dict keys weight for weight.",
-        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
-        "version: 1",
-        f"name: {class_name(name)}",
-        f'doc: "{name} as timm builds it: {summary}."',
-        f"input: [{channels}, {height}, {width}]",
-        "num_classes: 1000",
-        "shortcut: B",
-        f"projection: {'timm_bit_projection' if bit else 'timm_v2_projection'}",
-        f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
-        "preprocessing: " + _flow({key: value for key, value in preprocessing.items() if value is not None}),
+        *_header(name, summary, config, params, projection, kind),
         "",
         "blocks:",
         "  stages:",

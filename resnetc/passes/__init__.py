@@ -17,17 +17,18 @@ from resnetc.weights.arrays import Weights
 Pass = Callable[[Model, Weights, Options], tuple[Model, Weights, str | None]]
 
 
-def fold_batchnorm(model: Model, weights: Weights, options: Options) -> tuple[Model, Weights, str | None]:
-    """BatchNorm folded into the convolution before it (exact in eval mode), where the options ask for it."""
+def fold_bn(model: Model, weights: Weights, options: Options) -> tuple[Model, Weights, str | None]:
+    """BatchNorm folded into the convolution before it (exact in eval mode), where the options ask for it.
+    (Not named after its module: importing `passes.fold_batchnorm` rebinds that name in this package.)"""
     if not options.folds_batchnorm:
         return model, weights, None
-    from resnetc.passes.fold_batchnorm import fold_batchnorm as fold
+    from resnetc.passes.fold_batchnorm import fold_batchnorm
 
-    graph, weights, report = fold(model.graph, weights)
+    graph, weights, report = fold_batchnorm(model.graph, weights)
     return replace(model, graph=graph), weights, str(report)
 
 
-PIPELINE: tuple[Pass, ...] = (fold_batchnorm,)
+PIPELINE: tuple[Pass, ...] = (fold_bn,)
 
 
 def run(model: Model, weights: Weights, options: Options) -> tuple[Model, Weights, list[str]]:
