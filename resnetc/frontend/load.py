@@ -22,8 +22,9 @@ from resnetc.frontend.shipped import resolve
 from resnetc.frontend.yaml_source import MAX_SPEC_BYTES, read_yaml
 
 LIBRARY_FILE = "blocks.yaml"
-# Read only when a spec names a block the core library lacks: its YAML takes a third of a second to parse.
-EXTRA_LIBRARIES = ("timm.yaml",)
+# Read only when a spec names a block the core library lacks: timm's YAML takes a third of a second to parse.
+# One file per timm model file, in the order `resnetc blocks` lists them.
+EXTRA_LIBRARIES = ("timm.yaml", "timm_resnetv2.yaml", "timm_sknet.yaml", "timm_resnest.yaml", "timm_res2net.yaml")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""timm/models/resnet.py's architectures as specs: BasicBlock or Bottleneck, with squeeze-and-excitation, ECA
+or anti-aliasing (blur or average pool); a plain, deep or tiered stem; average-pool downsampling; ResNet-RS's
+convolutional stem pool. ResNeSt and SK-ResNet specs share its layout (`family`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, eca_kernel, flow, header, se_reduced, timm_facts
+
+# Written by hand before this generator existed (and tested the same way): left as they are.
+HANDWRITTEN = {"resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50"}
+UNEXPRESSED = {
+    "ecaresnet50d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
+    "ecaresnet101d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
+    "senet154": "block_reduce_first=2 and a 3x3 downsample convolution: neither is in the library blocks yet",
+    "resnet50_gn": "GroupNorm in every block, stem and projection: no GroupNorm variant of the blocks yet",
+}
+KNOWN_ARGS = {"stem_width", "stem_type", "avg_down", "cardinality", "base_width", "aa_layer", "replace_stem_pool"}
+
+
+def _attention(kwargs: dict[str, Any]) -> tuple[str | None, float]:
+    attn = (kwargs.get("block_args") or {}).get("attn_layer")
+    if attn is None:
+        return None, 0.0
+    if isinstance(attn, str):
+        return attn, 1 / 16
+    ratio = attn.keywords.get("rd_ratio", 1 / 16)  # functools.partial(SEModule, rd_ratio=0.25): ResNet-RS
+    return "se", ratio
+
+
+def expressible(name: str, kwargs: dict[str, Any]) -> str | None:
+    """Why the architecture cannot be written with the library blocks, or None."""
+    if name in UNEXPRESSED:
+        return UNEXPRESSED[name]
+    extra = set(kwargs) - KNOWN_ARGS - {"block", "layers", "block_args"}
+    if extra:
+        return f"arguments not mapped: {sorted(extra)}"
+    attn, _ = _attention(kwargs)
+    basic = kwargs["block"].__name__ == "BasicBlock"
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    if attn not in (None, "se", "eca") or (basic and attn == "eca") or (attn == "eca" and aa):
+        return f"attention {attn!r} with {'BasicBlock' if basic else 'Bottleneck'} and aa {aa!r}"
+    if basic and attn == "se" and aa:
+        return "SE with anti-aliasing in a BasicBlock"
+    return None
+
+
+def _block(kwargs: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
+    """The library block and each stage's own arguments."""
+    basic = kwargs["block"].__name__ == "BasicBlock"
+    attn, ratio = _attention(kwargs)
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    groups, base = kwargs.get("cardinality", 1), kwargs.get("base_width", 64)
+    stages: list[dict[str, object]] = [{"width": width} for width in WIDTHS]
+    if not basic and (groups, base) != (1, 64):
+        for stage in stages:
+            stage |= {"groups": groups, "base_width": base}
+    expansion = 1 if basic else 4
+    if attn == "se" and basic:
+        for stage in stages:
+            stage["reduced"] = se_reduced(int(stage["width"]) * expansion, ratio)  # type: ignore[call-overload]
+    elif attn == "se" and round(1 / ratio) != 16:
+        for stage in stages:
+            stage["se_reduction"] = round(1 / ratio)
+    elif attn == "eca":
+        for stage in stages:
+            stage["eca_kernel"] = eca_kernel(int(stage["width"]) * expansion)  # type: ignore[call-overload]
+    kind = "basic" if basic else "bottleneck"
+    prefix = {None: "", "se": "se_", "eca": "eca_"}[attn] + {None: "", "BlurPool2d": "blur_", "AvgPool2d": "aa_"}[aa]
+    if prefix == "se_aa_" or prefix == "aa_" or prefix == "blur_" or prefix in ("", "se_", "eca_"):
+        return f"timm_{prefix}{kind}", stages
+    raise ValueError(f"no library block for {prefix}{kind}")
+
+
+def _stem(kwargs: dict[str, Any]) -> list[str]:
+    width, kind = kwargs.get("stem_width", 64), kwargs.get("stem_type", "")
+    aa = getattr(kwargs.get("aa_layer"), "__name__", None)
+    if kind == "":
+        conv1 = "  conv1: {op: conv, out: 64, kernel: 7, stride: 2, padding: 3}"
+    else:
+        first = 3 * (width // 4) if kind == "deep_tiered" else width
+        args = flow({"first": first, "second": width, "out": 2 * width})
+        conv1 = f"  conv1: {{op: submodule, block: timm_deep_stem, args: {args}}}"
+    if kwargs.get("replace_stem_pool"):
+        pool = "  maxpool: {op: submodule, block: timm_conv_stem_pool}"
+    elif aa == "BlurPool2d":
+        pool = "  maxpool: {op: submodule, block: timm_blur_stem_pool}"
+    elif aa == "AvgPool2d":
+        pool = "  maxpool: {op: avgpool, kernel: 2}  # timm: an average-pool anti-aliased stem pools with it alone"
+    else:
+        pool = "  maxpool: {op: maxpool, kernel: 3, stride: 2, padding: 1}"
+    return [conv1, "  bn1: {op: batchnorm}", "  act1: {op: relu}", pool]
+
+
+def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
+    """The spec of a resnet.py architecture, or of a ResNeSt one (split-attention bottlenecks) or an SK-ResNet
+    one (selective-kernel basic blocks): `family` is the timm module."""
+    config, params = timm_facts(name)
+    if family == "resnest":  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
+        block, stages = "timm_resnest_bottleneck", [{"width": width, "reduced": width // 2} for width in WIDTHS]
+    elif family == "sknet":  # the attention's width: timm's make_divisible(width / 8, 16)
+        block = "timm_sk_basic"
+        stages = [{"width": width, "reduced": se_reduced(width, 1 / 8, 16)} for width in WIDTHS]
+    else:
+        block, stages = _block(kwargs)
+    layers = kwargs["layers"]
+    stem = kwargs.get("stem_type")
+    kind = {"resnest": "split-attention Bottleneck", "sknet": "selective-kernel BasicBlock"}.get(
+        family, "BasicBlock" if "basic" in block else "Bottleneck"
+    )
+    summary = (
+        f"{kind} {list(layers)}"
+        + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
+        + (", average-pool downsampling" if kwargs.get("avg_down") else "")
+        + (f", {kwargs['cardinality']}x{kwargs['base_width']}d groups" if kwargs.get("cardinality", 1) > 1 else "")
+        + {None: "", "se": ", squeeze-and-excitation", "eca": ", ECA attention"}[_attention(kwargs)[0]]
+        + {None: "", "BlurPool2d": ", blur-pool anti-aliasing", "AvgPool2d": ", average-pool anti-aliasing"}[
+            getattr(kwargs.get("aa_layer"), "__name__", None)
+        ]
+        + (", ResNet-RS's convolutional stem pool" if kwargs.get("replace_stem_pool") else "")
+    )
+    lines = [
+        *header(name, summary, config, params, "timm_avg_down" if kwargs.get("avg_down") else None),
+        *(
+            ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
+            if kwargs.get("zero_init_last", True)
+            else []
+        ),
+        "layers:",
+        *_stem(kwargs),
+    ]
+    for index, (repeat, args) in enumerate(zip(layers, stages, strict=True)):
+        stride = "" if index == 0 else ", stride: 2"
+        stage = f"{{op: stage, block: {block}, repeat: {repeat}, args: {flow(args)}{stride}}}"
+        lines.append(f"  layer{index + 1}: {stage}")
+    lines += ["  global_pool: {op: global_avg_pool}", "  flatten: {op: flatten}"]
+    lines += ["  fc: {op: linear, out: num_classes}"]
+    return "\n".join(lines) + "\n"
+
+
+def specs() -> tuple[dict, dict[str, str]]:
+    """The spec text of every expressible resnet.py architecture, and why each other one is not written."""
+    texts, skipped = {}, {}
+    for name, kwargs in sorted(captured_arguments().items()):
+        if name in HANDWRITTEN or name.startswith("test_"):  # test_resnet: timm's own tiny test model
+            continue
+        reason = expressible(name, kwargs)
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
+    return texts, skipped
