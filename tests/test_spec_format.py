@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 import resnetc
 from resnetc.core import expr
 from resnetc.core.errors import CODES, SpecError
 from resnetc.frontend.load import load_spec_text
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_agree, cpu_session
 
 HEAD = "version: 1\nname: Net\ninput: [3, 32, 32]\nnum_classes: 10\n"
 TAIL = "  gap: {op: global_avg_pool}\n  flat: {op: flatten}\n  fc: {op: linear, out: num_classes}\n"
@@ -122,6 +124,38 @@ def test_a_block_defined_in_the_spec_with_named_values(tmp_path) -> None:
     assert projection.inputs == ("stage2.0.relu1",)  # reads the pre-activated value, not the block input
     assert model.graph.node("stage1.0.add").inputs == ("stage1.0.conv2", "stage1.0.relu1")
     assert "Preact" in resnetc.to_source(spec)
+
+
+def test_a_numbered_block_computes_its_lets_before_its_modules(tmp_path) -> None:
+    """An nn.Sequential block's lets are Python locals its modules' arguments read (SENet-154's projection
+    takes kernel 3 at stride 2, 1 at stride 1): the generated module defines them first and matches ONNX."""
+    text = (
+        HEAD
+        + "shortcut: B\n"
+        "projection: down\n"
+        "blocks:\n"
+        "  down:\n"
+        "    params: {out: null, stride: 1}\n"
+        "    let: {size: 2 * stride - 1}\n"
+        "    layers:\n"
+        '      "0": {op: conv, out: out, kernel: size, stride: stride}\n'
+        '      "1": {op: batchnorm}\n'
+        "layers:\n"
+        "  conv1: {op: conv, out: 8, kernel: 3}\n"
+        "  stage1: {op: stage, block: basic, repeat: 1, args: {width: 16}}\n"
+        "  stage2: {op: stage, block: basic, repeat: 1, args: {width: 32}, stride: 2}\n"
+        + TAIL
+    )
+    spec = tmp_path / "lets.yaml"
+    spec.write_text(text)
+    module = resnetc.build(spec).eval()
+    kernels = [m.kernel_size for name, m in module.named_modules() if name.endswith("downsample.0")]
+    assert kernels == [(1, 1), (3, 3)]
+    batch = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(batch)).numpy()
+    proto = resnetc.to_onnx(spec, {key: value.numpy() for key, value in module.state_dict().items()})
+    assert_agree(cpu_session(proto).run(None, {"input": batch})[0], expected)
 
 
 def test_a_spec_can_override_a_library_block() -> None:

@@ -10,13 +10,11 @@ from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, eca_kernel,
 
 # Written by hand before this generator existed (and tested the same way): left as they are.
 HANDWRITTEN = {"resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50"}
-UNEXPRESSED = {
-    "ecaresnet50d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
-    "ecaresnet101d_pruned": "per-layer channel counts from timm's pruning table (not yet a spec feature here)",
-    "senet154": "block_reduce_first=2 and a 3x3 downsample convolution: neither is in the library blocks yet",
-    "resnet50_gn": "GroupNorm in every block, stem and projection: no GroupNorm variant of the blocks yet",
-}
-KNOWN_ARGS = {"stem_width", "stem_type", "avg_down", "cardinality", "base_width", "aa_layer", "replace_stem_pool"}
+UNEXPRESSED: dict[str, str] = {}  # every resnet.py architecture of timm 1.0.31 is expressed
+KNOWN_ARGS = {
+    "stem_width", "stem_type", "avg_down", "cardinality", "base_width", "aa_layer", "replace_stem_pool",
+    "norm_layer", "down_kernel_size", "block_reduce_first", "pruned",
+}  # fmt: skip
 
 
 def _attention(kwargs: dict[str, Any]) -> tuple[str | None, float]:
@@ -43,11 +41,50 @@ def expressible(name: str, kwargs: dict[str, Any]) -> str | None:
         return f"attention {attn!r} with {'BasicBlock' if basic else 'Bottleneck'} and aa {aa!r}"
     if basic and attn == "se" and aa:
         return "SE with anti-aliasing in a BasicBlock"
+    if kwargs.get("norm_layer") not in (None, "groupnorm"):
+        return f"norm layer {kwargs['norm_layer']!r}"
+    if kwargs.get("norm_layer") and (basic or attn or aa or kwargs.get("stem_type") or kwargs.get("avg_down")):
+        return "GroupNorm beside anything but the plain Bottleneck, stem and projection"
+    if kwargs.get("down_kernel_size", 1) not in (1, 3) or (
+        kwargs.get("down_kernel_size", 1) == 3 and kwargs.get("avg_down")
+    ):
+        return f"down_kernel_size {kwargs['down_kernel_size']} (with avg_down {kwargs.get('avg_down')})"
+    if kwargs.get("block_reduce_first", 1) != 1 and (basic or attn != "se" or aa):
+        return "block_reduce_first outside the SE Bottleneck"
+    if kwargs.get("pruned") and (
+        basic or attn != "eca" or aa or (kwargs.get("cardinality", 1), kwargs.get("base_width", 64)) != (1, 64)
+    ):
+        return "a pruned model other than an ECA Bottleneck"
     return None
 
 
-def _block(kwargs: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
+def _pruned_stages(name: str) -> list[dict[str, object]]:
+    """Each stage's per-block widths of a pruned model, read off timm's model built on the meta device (timm
+    adapts each convolution to its pruning table, ../_pruned/<name>.txt); the ECA kernel stays the unpruned one."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    stages: list[dict[str, object]] = []
+    for index, width in enumerate(WIDTHS):
+        blocks = list(getattr(model, f"layer{index + 1}"))
+        (out,) = {block.conv3.out_channels for block in blocks}  # one width per stage: identity shortcuts add
+        stages.append({
+            "first": [block.conv1.out_channels for block in blocks],
+            "mid": [block.conv2.out_channels for block in blocks],
+            "out": out,
+            "eca_kernel": eca_kernel(width * 4),
+        })  # fmt: skip
+    return stages
+
+
+def _block(kwargs: dict[str, Any], name: str = "") -> tuple[str, list[dict[str, object]]]:
     """The library block and each stage's own arguments."""
+    if kwargs.get("pruned"):
+        return "timm_pruned_eca_bottleneck", _pruned_stages(name)
+    if kwargs.get("norm_layer") == "groupnorm":
+        return "timm_gn_bottleneck", [{"width": width} for width in WIDTHS]
     basic = kwargs["block"].__name__ == "BasicBlock"
     attn, ratio = _attention(kwargs)
     aa = getattr(kwargs.get("aa_layer"), "__name__", None)
@@ -63,7 +100,10 @@ def _block(kwargs: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
     elif attn == "se" and round(1 / ratio) != 16:
         for stage in stages:
             stage["se_reduction"] = round(1 / ratio)
-    elif attn == "eca":
+    if kwargs.get("block_reduce_first", 1) != 1:
+        for stage in stages:
+            stage["reduce_first"] = kwargs["block_reduce_first"]
+    if attn == "eca":
         for stage in stages:
             stage["eca_kernel"] = eca_kernel(int(stage["width"]) * expansion)  # type: ignore[call-overload]
     kind = "basic" if basic else "bottleneck"
@@ -90,7 +130,19 @@ def _stem(kwargs: dict[str, Any]) -> list[str]:
         pool = "  maxpool: {op: avgpool, kernel: 2}  # timm: an average-pool anti-aliased stem pools with it alone"
     else:
         pool = "  maxpool: {op: maxpool, kernel: 3, stride: 2, padding: 1}"
-    return [conv1, "  bn1: {op: batchnorm}", "  act1: {op: relu}", pool]
+    norm = "{op: groupnorm, groups: 32}" if kwargs.get("norm_layer") == "groupnorm" else "{op: batchnorm}"
+    return [conv1, f"  bn1: {norm}", "  act1: {op: relu}", pool]
+
+
+def _projection(kwargs: dict[str, Any]) -> str | None:
+    """The shortcut's projection block where it is not blocks.yaml's strided 1x1 convolution and BatchNorm."""
+    if kwargs.get("avg_down"):
+        return "timm_avg_down"
+    if kwargs.get("norm_layer") == "groupnorm":
+        return "timm_gn_projection"
+    if kwargs.get("down_kernel_size", 1) == 3:
+        return "timm_conv3_down"
+    return None
 
 
 def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
@@ -103,7 +155,7 @@ def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
         block = "timm_sk_basic"
         stages = [{"width": width, "reduced": se_reduced(width, 1 / 8, 16)} for width in WIDTHS]
     else:
-        block, stages = _block(kwargs)
+        block, stages = _block(kwargs, name)
     layers = kwargs["layers"]
     stem = kwargs.get("stem_type")
     kind = {"resnest": "split-attention Bottleneck", "sknet": "selective-kernel BasicBlock"}.get(
@@ -119,9 +171,13 @@ def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
             getattr(kwargs.get("aa_layer"), "__name__", None)
         ]
         + (", ResNet-RS's convolutional stem pool" if kwargs.get("replace_stem_pool") else "")
+        + (", GroupNorm throughout" if kwargs.get("norm_layer") == "groupnorm" else "")
+        + (", 3x3 downsampling convolutions" if kwargs.get("down_kernel_size", 1) == 3 else "")
+        + (f", first 1x1 reduced {kwargs['block_reduce_first']}x" if kwargs.get("block_reduce_first", 1) != 1 else "")
+        + (", channels pruned per layer" if kwargs.get("pruned") else "")
     )
     lines = [
-        *header(name, summary, config, params, "timm_avg_down" if kwargs.get("avg_down") else None),
+        *header(name, summary, config, params, _projection(kwargs)),
         *(
             ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
             if kwargs.get("zero_init_last", True)

@@ -105,11 +105,11 @@ class _ClassWriter:
             for name, default in scope.params.items()
         )
         signature = "self, in_channels: int" + (f", *, {params}" if params else "")
-        if scope.is_sequential:
-            modules = [f"    {self._module(scope, layer, scope.channels_in(layer))}," for layer in scope.layers]
-            init = ["super().__init__(", *modules, ")"]
-            return self._class(scope, "nn.Sequential", signature, init, [])
         lets = [f"{name} = {expression(value)}" for name, value in scope.lets.items()]
+        if scope.is_sequential:  # the lets first: the modules' arguments may name them
+            modules = [f"    {self._module(scope, layer, scope.channels_in(layer))}," for layer in scope.layers]
+            init = [*lets, "super().__init__(", *modules, ")"]
+            return self._class(scope, "nn.Sequential", signature, init, [])
         init = ["super().__init__()", *lets, *self._members(scope)]
         return self._class(scope, "nn.Module", signature, init, self._forward(scope, {}))
 
