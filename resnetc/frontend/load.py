@@ -6,7 +6,7 @@ import hashlib
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,22 +42,25 @@ class LibraryBlocks(Mapping[str, "Located"]):
 
     def __init__(self, own: dict[str, Located]) -> None:
         self._own = own
+        self._extra: dict[str, Located] = {}  # the extra files read so far, in EXTRA_LIBRARIES' order
+        self._unread = list(EXTRA_LIBRARIES)
         self._blocks = _library_blocks(LIBRARY_FILE) | own
-        self._complete = False
+
+    def _read_next(self) -> None:
+        self._extra |= _library_blocks(self._unread.pop(0))
+        self._blocks = _library_blocks(LIBRARY_FILE) | self._extra | self._own
 
     def _everything(self) -> dict[str, Located]:
-        if not self._complete:
-            extra: dict[str, Located] = {}
-            for file_name in EXTRA_LIBRARIES:
-                extra |= _library_blocks(file_name)
-            self._blocks = _library_blocks(LIBRARY_FILE) | extra | self._own
-            self._complete = True
+        while self._unread:
+            self._read_next()
         return self._blocks
 
     def __getitem__(self, name: str) -> Located:
-        if name in self._blocks:
-            return self._blocks[name]
-        return self._everything()[name]
+        # A spec's own blocks and blocks.yaml win; the extra files are read one at a time until the name is found,
+        # so a resnet.py spec never parses Res2Net's file.
+        while name not in self._blocks and self._unread:
+            self._read_next()
+        return self._blocks[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._everything())
@@ -199,7 +202,7 @@ def _validate(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
         raise SpecError(_diagnostics(error, data, source, model)) from None
 
 
-@lru_cache(maxsize=4)
+@cache  # one entry per library file
 def _library(file_name: str = LIBRARY_FILE) -> tuple[Library, SourceMap]:
     text = resources.files("resnetc.library").joinpath(file_name).read_text(encoding="utf-8")
     data, source = read_yaml(text, f"<resnetc library>/{file_name}")

@@ -48,7 +48,8 @@ def class_name(name: str) -> str:
     """`seresnext26d_32x4d` -> `SEResNeXt26D_32x4d`: timm's name, spelled as the papers do."""
     head, _, tail = name.partition("_")
     spellings = (
-        ("skresnet", "SKResNet"), ("senet", "SENet"), ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"),
+        ("skresnet", "SKResNet"), ("senet", "SENet"), ("res2next", "Res2NeXt"), ("res2net", "Res2Net"),
+        ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"),
         ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
         ("resnext", "ResNeXt"), ("resnest", "ResNeSt"), ("resnet", "ResNet"), ("wide", "Wide"),
     )  # fmt: skip
