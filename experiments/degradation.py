@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 from resnetc.train.accuracy import backend_accuracy  # noqa: E402
 from resnetc.train.accuracy import markdown_table as accuracy_table  # noqa: E402
 from resnetc.train.data import digits  # noqa: E402
-from resnetc.train.figures import curves_figure  # noqa: E402
+from resnetc.train.figures import curves_figure, responses_figure  # noqa: E402
 from resnetc.train.job import train  # noqa: E402
 from resnetc.train.loop import Recipe  # noqa: E402
+from resnetc.train.probe import probe  # noqa: E402
 
 MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 
@@ -45,6 +46,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--runs", default="runs/degradation", help="weights and logs (default runs/degradation)")
     parser.add_argument("--figure", default="docs/degradation.png")
+    parser.add_argument("--responses", default="docs/responses.png", help="Fig. 7: the trained 3x3 layers' responses")
     parser.add_argument("--summary", default="docs/degradation.json")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")
@@ -81,6 +83,7 @@ def main() -> int:
     title = f"{data.name}: {args.epochs} epochs, batch {args.batch_size}, lr 0.1 ÷10 at 50% and 75%"
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     curves_figure(histories, args.figure, title)
+    responses = _responses(args.models, data, runs, overrides, args.responses)
     summary: dict[str, object] = {
         "command": " ".join(["python", "experiments/degradation.py", *sys.argv[1:]]),
         "data": data.name,
@@ -98,6 +101,7 @@ def main() -> int:
             }
             for name, epochs in histories.items()
         },
+        "responses": responses,
         "epochs": histories,
     }
     if "resnet20" in histories:
@@ -112,8 +116,33 @@ def main() -> int:
         tests = len(np.load(data)["y_test"])
         print(accuracy_table(rows, tests), end="")
     Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.figure} and {args.summary}")
+    print(f"wrote {args.figure}, {args.responses} and {args.summary}")
     return 0
+
+
+def _responses(
+    models: list[str], data: Path, runs: Path, overrides: dict[str, dict], figure: str
+) -> dict[str, dict[str, object]]:
+    """Fig. 7: each trained model's 3x3 responses (std after BN, eval mode) on the first 256 test images, the
+    figure, and per model the mean, the largest and each layer's value."""
+    probes = [
+        probe(
+            ROOT / "specs" / f"{name}.yaml",
+            batch=256,
+            weights=runs / f"{name}.safetensors",
+            data=data,
+            **overrides[name],
+        )
+        for name in models
+    ]
+    title = f"{data.name}: std of each 3x3 layer's response (after BN, before ReLU), trained, 256 test images"
+    responses_figure(probes, figure, title)
+    found: dict[str, dict[str, object]] = {}
+    for name, result in zip(models, probes, strict=True):
+        stds = [layer.response_std for layer in result.layers if layer.response_std is not None]
+        found[name] = {"mean": float(np.mean(stds)), "max": max(stds), "layers": stds}
+        print(f"{name}: 3x3 responses, mean std {np.mean(stds):.3f}, largest {max(stds):.3f} over {len(stds)} layers")
+    return found
 
 
 if __name__ == "__main__":

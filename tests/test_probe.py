@@ -108,12 +108,18 @@ def test_degradation_experiment_runs_at_a_tiny_size(tmp_path) -> None:
     figure, summary = tmp_path / "degradation.png", tmp_path / "degradation.json"
     command = [sys.executable, str(ROOT / "experiments" / "degradation.py"), "--epochs", "1", "--size", "8"]
     command += ["--models", "plain20", "resnet20", "--runs", str(tmp_path / "runs"), "--quiet"]
-    command += ["--figure", str(figure), "--summary", str(summary)]
+    responses = tmp_path / "responses.png"
+    command += ["--figure", str(figure), "--summary", str(summary), "--responses", str(responses)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert figure.read_bytes()[:4] == b"\x89PNG" and responses.read_bytes()[:4] == b"\x89PNG"
     record = json.loads(summary.read_text())
     assert set(record["final"]) == {"plain20", "resnet20"} and len(record["backends"]) == 4
+    # Fig. 7: one std per 3x3 layer of each trained model (19 in a 20-layer net: all but the classifier)
+    assert {name: len(value["layers"]) for name, value in record["responses"].items()} == {
+        "plain20": 19,
+        "resnet20": 19,
+    }
 
 
 def test_probe_with_weights_reports_each_3x3_response_after_bn(tmp_path) -> None:
@@ -142,3 +148,36 @@ def test_probe_with_weights_reports_each_3x3_response_after_bn(tmp_path) -> None
         model(images)
     assert responses["layer2.1.conv1"] == pytest.approx(seen["std"], rel=1e-5)
     assert len({round(value, 3) for value in responses.values()}) > 5  # eval mode: not BatchNorm's 1 everywhere
+
+
+def test_probe_on_a_datasets_test_images(tmp_path) -> None:
+    """`--data`: the batch is the dataset's first test images, normalised as training normalised them, so the
+    responses are those of real images; a dataset the model cannot take is refused with the reason."""
+    import torch
+    from safetensors.torch import save_file
+
+    import resnetc
+    from resnetc.core.errors import UsageError
+    from resnetc.train.data import digits, read_dataset
+    from resnetc.verify import exercise_batchnorm
+
+    data = tmp_path / "digits8.npz"
+    np.savez(data, **digits(8))
+    overrides = {"num_classes": 10, "in_channels": 1, "input_size": (8, 8)}
+    spec = ROOT / "specs" / "resnet20.yaml"
+    model = resnetc.build(spec, **overrides)
+    exercise_batchnorm(model, seed=4)
+    weights = tmp_path / "resnet20.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, weights)
+    result = probe(spec, batch=16, weights=weights, data=data, **overrides)
+    model.eval()
+    seen = {}
+    model.layer3[2].bn2.register_forward_hook(lambda m, i, o: seen.update(std=float(o.std())))  # returns None
+    with torch.no_grad():
+        model(torch.from_numpy(read_dataset(data).test.images[:16].copy()))
+    responses = {layer.name: layer.response_std for layer in result.layers}
+    assert responses["layer3.2.conv2"] == pytest.approx(seen["std"], rel=1e-5)
+    with pytest.raises(UsageError, match="images are 1x8x8, the model takes 1x16x16"):
+        probe(spec, batch=16, weights=weights, data=data, **(overrides | {"input_size": (16, 16)}))
+    with pytest.raises(UsageError, match="fewer than --batch 4000"):
+        probe(spec, batch=4000, weights=weights, data=data, **overrides)

@@ -274,7 +274,13 @@ def _probe(args: argparse.Namespace) -> int:
 
     def one(spec: str) -> int:
         result = probe(
-            spec, batch=args.batch, seed=args.seed, device=args.device, weights=args.weights, **_overrides(args)
+            spec,
+            batch=args.batch,
+            seed=args.seed,
+            device=args.device,
+            weights=args.weights,
+            data=args.data,
+            **_overrides(args),
         )
         probes.append(result)
         if args.json:

@@ -151,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--weights", help="a trained model's weights: probed in eval mode (the paper's Fig. 7 responses)"
     )
+    probe.add_argument(
+        "--data", metavar="FILE.npz", help="with --weights: probe the dataset's first test images, not seeded noise"
+    )
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     probe.add_argument("--layers", action="store_true", help="one line per weighted layer")

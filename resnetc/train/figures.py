@@ -52,6 +52,30 @@ def probe_figure(probes: Sequence[Probe], path: str | Path) -> None:
     pyplot.close(figure)
 
 
+def responses_figure(probes: Sequence[Probe], path: str | Path, title: str) -> None:
+    """He et al. 2015, Fig. 7: the standard deviation of each 3x3 layer's response (after BN, before the
+    nonlinearity) of trained models, in the network's order (top) and sorted by magnitude (bottom)."""
+    pyplot = _pyplot()
+    figure, (ordered, ranked) = pyplot.subplots(2, 1, figsize=(8, 7), constrained_layout=True)
+    colours: dict[str, str] = {}
+    for result in probes:
+        name = Path(result.spec).stem
+        stds = [layer.response_std for layer in result.layers if layer.response_std is not None]
+        depth = name.removeprefix("plain").removeprefix("resnet")
+        colour = colours.setdefault(depth, f"C{len(colours)}")  # one colour per depth, as in the paper
+        ordered.plot(range(1, len(stds) + 1), stds, _style(name), color=colour, label=name, lw=1.2)
+        ranked.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), _style(name), color=colour, label=name)
+    ordered.set_xlabel("layer index (original)")
+    ranked.set_xlabel("layer index (sorted by magnitude)")
+    for axes in (ordered, ranked):
+        axes.set_ylabel("std")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
 def curves_figure(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> None:
     """Training error (and test error, where logged) per epoch, one line per model: the paper's Fig. 6."""
     pyplot = _pyplot()

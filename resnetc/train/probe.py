@@ -59,10 +59,13 @@ def probe(
     seed: int = 0,
     device: str = "cpu",
     weights: str | Path | None = None,
+    data: str | Path | None = None,
     **overrides: object,
 ) -> Probe:
     """Forward and backward one seeded batch through the freshly initialised model, or (`weights`) through a
-    trained one in eval mode."""
+    trained one in eval mode. With `data` (a training .npz) the batch is its first `batch` test images (training
+    images where it has no test split), normalised as `resnetc train` normalised them: the paper measures Fig. 7
+    on real images, not noise."""
     from resnetc.api import build, lower
 
     if not 2 <= batch <= 4096:  # BatchNorm in train mode needs two samples
@@ -77,9 +80,13 @@ def probe(
     torch.manual_seed(seed)
     module = build(model, weights).to(device)
     module.train(weights is None)
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn((batch, *model.input_shape), generator=generator).to(device)
-    labels = torch.randint(0, model.num_classes, (batch,), generator=generator).to(device)
+    if data is None:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randn((batch, *model.input_shape), generator=generator).to(device)
+        labels = torch.randint(0, model.num_classes, (batch,), generator=generator).to(device)
+    else:
+        images, labels = _real_batch(data, batch, model.input_shape, model.num_classes)
+        images, labels = images.to(device), labels.to(device)
 
     weighted = {
         module_: name for name, module_ in module.named_modules() if isinstance(module_, (nn.Conv2d, nn.Linear))
@@ -114,6 +121,24 @@ def probe(
         for depth, (name, variance) in enumerate(variances.items(), start=1)
     ]
     return Probe(model.file_name, model.class_name, batch, float(loss.detach()), layers)
+
+
+def _real_batch(
+    data: str | Path, batch: int, shape: tuple[int, ...], classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `batch` test images of a training dataset (else training images) and their labels."""
+    from resnetc.train.data import read_dataset
+
+    dataset = read_dataset(data)
+    split = dataset.test if dataset.test is not None else dataset.train
+    if tuple(split.images.shape[1:]) != tuple(shape):
+        found = "x".join(map(str, split.images.shape[1:]))
+        raise UsageError(f"{data}: images are {found}, the model takes {'x'.join(map(str, shape))}")
+    if dataset.num_classes > classes:
+        raise UsageError(f"{data}: labels reach {dataset.num_classes - 1}, the model has {classes} classes")
+    if len(split) < batch:
+        raise UsageError(f"{data}: {len(split)} images, fewer than --batch {batch}")
+    return torch.from_numpy(split.images[:batch].copy()), torch.from_numpy(split.labels[:batch].astype("int64"))
 
 
 def markdown_table(probes: list[Probe]) -> str:
