@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
@@ -127,4 +128,227 @@ class GroupNorm(Op):
         graph.node("Unsqueeze", [f"{name}.bias", axes], [shift], shift)
         graph.node("Mul", [restored, scale], [scaled], scaled)
         graph.node("Add", [scaled, shift], [output], name)
+        return True
+
+
+def _per_channel(graph: OnnxGraph, node: Node, key: str) -> str:
+    """The (C,) parameter `key` of `node` as (C, 1, 1), to broadcast over an (N, C, H, W) map."""
+    shaped = f"{node.name}.{key}_per_channel"
+    graph.node("Unsqueeze", [f"{node.name}.{key}", graph.constant(f"{shaped}.axes", [1, 2])], [shaped], shaped)
+    return shaped
+
+
+def _mean(graph: OnnxGraph, value: str, axes: list[int], result: str) -> str:
+    """ReduceMean over `axes`, dimensions kept (axes is an attribute before opset 18, an input from it on)."""
+    if graph.opset >= 18:
+        graph.node("ReduceMean", [value, graph.constant(f"{result}.axes", axes)], [result], result, keepdims=1)
+    else:
+        graph.node("ReduceMean", [value], [result], result, axes=axes, keepdims=1)
+    return result
+
+
+def _affine(graph: OnnxGraph, node: Node, value: str, output: str, name: str) -> None:
+    """value * weight + bias, per channel, into `output` (by a node called `name`)."""
+    scaled = f"{node.name}.scaled"
+    graph.node("Mul", [value, _per_channel(graph, node, "weight")], [scaled], scaled)
+    graph.node("Add", [scaled, _per_channel(graph, node, "bias")], [output], name)
+
+
+def _check_eps(attrs: Attrs) -> float:
+    eps = float(attrs["eps"])
+    if not 0 < eps < 1:
+        raise ShapeError(f"eps must be between 0 and 1, got {eps}", "eps")
+    return eps
+
+
+class EvoNormS0Fields(LayerFields):
+    op: Literal["evonorm_s0"]
+    groups: IntExpr = 32
+    group_size: IntExpr | None = Field(default=None, description="= channels // groups")
+    eps: float = 1e-5
+
+
+@register
+class EvoNormS0(Op):
+    fields = EvoNormS0Fields
+    doc = (
+        "EvoNorm-S0 (Liu et al. 2020, timm's EvoNorm2dS0), normalisation and activation in one: "
+        "x * sigmoid(v * x) divided by the standard deviation of x over its group of channels and the map, "
+        "per sample, then the per-channel affine; keys `weight`, `bias`, `v`; no running statistics"
+    )
+    has_weights = True
+    is_norm = True
+    torch_helper_name = "EvoNorm2dS0"
+    torch_init = (
+        "EvoNorm2dS0",
+        ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)", "nn.init.ones_(module.v)"),
+    )
+    example: ClassVar[dict[str, Any]] = {"groups": 2}
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, _, _ = image(shapes, "evonorm_s0")
+        if attrs["group_size"] is not None:
+            positive(attrs, "group_size")
+            if channels % attrs["group_size"]:
+                raise ShapeError(
+                    f"group_size={attrs['group_size']} does not divide the {channels} channels", "group_size"
+                )
+            groups = channels // attrs["group_size"]
+        else:
+            positive(attrs, "groups")
+            if channels % attrs["groups"]:
+                raise ShapeError(f"groups={attrs['groups']} does not divide the {channels} channels", "groups")
+            groups = attrs["groups"]
+        per_channel = (channels,)
+        return Inferred(
+            shape=shapes[0],
+            resolved={"channels": channels, "group_count": groups, "eps": _check_eps(attrs)},
+            params={"weight": per_channel, "bias": per_channel, "v": per_channel},
+        )
+
+    def initial(self, key: str, shape: Shape, params: dict[str, Shape], rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(shape, np.float32) if key == "bias" else np.ones(shape, np.float32)
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        a = layer.attrs
+        grouping = [("groups", a["groups"], 32)] if a["group_size"] is None else [("group_size", a["group_size"], None)]
+        options = source.keywords([*grouping, ("eps", a["eps"], 1e-5)])
+        return source.call("EvoNorm2dS0", source.expression(channels), options)
+
+    def torch_helper(self) -> TorchHelper:
+        return TorchHelper(
+            name="EvoNorm2dS0",
+            doc=(
+                "EvoNorm-S0 (Liu et al. 2020), as timm's EvoNorm2dS0: x * sigmoid(v * x), divided by the standard "
+                "deviation of x over its group of channels and the map (per sample), then a scale and shift per "
+                "channel. The same in training and eval: there are no running statistics."
+            ),
+            signature="self, num_features: int, groups: int = 32, group_size: int | None = None, eps: float = 1e-5",
+            init=(
+                "super().__init__()",
+                "self.groups = num_features // group_size if group_size else groups",
+                "self.eps = eps",
+                "self.weight = nn.Parameter(torch.ones(num_features))",
+                "self.bias = nn.Parameter(torch.zeros(num_features))",
+                "self.v = nn.Parameter(torch.ones(num_features))",
+            ),
+            forward=(
+                "grouped = x.reshape(x.shape[0], self.groups, -1)",
+                "std = grouped.var(dim=2, correction=0, keepdim=True).add(self.eps).sqrt()",
+                "gated = x * torch.sigmoid(x * self.v.view(1, -1, 1, 1))",
+                "x = (gated.reshape_as(grouped) / std).reshape_as(x)",
+                "return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)",
+            ),
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        """The gate, the group's standard deviation from ReduceMean (the biased variance, as torch's), the
+        division in the (N, groups, -1) view, the map's shape back, the affine."""
+        name, groups = node.name, node.attrs["group_count"]
+        x = inputs[0]
+        product, gate, gated = f"{name}.xv", f"{name}.gate", f"{name}.gated"
+        graph.node("Mul", [x, _per_channel(graph, node, "v")], [product], product)
+        graph.node("Sigmoid", [product], [gate], gate)
+        graph.node("Mul", [x, gate], [gated], gated)
+        to_groups = graph.constant(f"{name}.groups", [0, groups, -1])
+        grouped, centred, squared = f"{name}.grouped", f"{name}.centred", f"{name}.squared"
+        graph.node("Reshape", [x, to_groups], [grouped], grouped)
+        mean = _mean(graph, grouped, [2], f"{name}.mean")
+        graph.node("Sub", [grouped, mean], [centred], centred)
+        graph.node("Mul", [centred, centred], [squared], squared)
+        variance = _mean(graph, squared, [2], f"{name}.variance")
+        shifted, std = f"{name}.variance_eps", f"{name}.std"
+        graph.node("Add", [variance, graph.scalar(f"{name}.eps", float(node.attrs["eps"]))], [shifted], shifted)
+        graph.node("Sqrt", [shifted], [std], std)
+        gated_groups, divided, shape, restored = (
+            f"{name}.gated_groups",
+            f"{name}.divided",
+            f"{name}.shape",
+            f"{name}.restored",
+        )
+        graph.node("Reshape", [gated, to_groups], [gated_groups], gated_groups)
+        graph.node("Div", [gated_groups, std], [divided], divided)
+        graph.node("Shape", [x], [shape], shape)
+        graph.node("Reshape", [divided, shape], [restored], restored)
+        _affine(graph, node, restored, output, name)
+        return True
+
+
+class FrnTluFields(LayerFields):
+    op: Literal["frn_tlu"]
+    eps: float = 1e-5
+
+
+@register
+class FrnTlu(Op):
+    fields = FrnTluFields
+    doc = (
+        "filter response normalisation with a thresholded linear unit (Singh & Krishnan 2020, timm's "
+        "FilterResponseNormTlu2d): x divided by its root mean square over the map, per sample and channel, "
+        "the per-channel affine, then max(x, tau); keys `weight`, `bias`, `tau`; no running statistics"
+    )
+    has_weights = True
+    is_norm = True
+    torch_helper_name = "FilterResponseNormTlu2d"
+    torch_init = (
+        "FilterResponseNormTlu2d",
+        ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)", "nn.init.zeros_(module.tau)"),
+    )
+    example: ClassVar[dict[str, Any]] = {"eps": 1e-6}
+
+    def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
+        channels, _, _ = image(shapes, "frn_tlu")
+        per_channel = (channels,)
+        return Inferred(
+            shape=shapes[0],
+            resolved={"channels": channels, "eps": _check_eps(attrs)},
+            params={"weight": per_channel, "bias": per_channel, "tau": per_channel},
+        )
+
+    def initial(self, key: str, shape: Shape, params: dict[str, Shape], rng: np.random.Generator) -> np.ndarray:
+        return np.ones(shape, np.float32) if key == "weight" else np.zeros(shape, np.float32)
+
+    def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
+        options = source.keywords([("eps", layer.attrs["eps"], 1e-5)])
+        return source.call("FilterResponseNormTlu2d", source.expression(channels), options)
+
+    def torch_helper(self) -> TorchHelper:
+        return TorchHelper(
+            name="FilterResponseNormTlu2d",
+            doc=(
+                "Filter response normalisation with a thresholded linear unit (Singh & Krishnan 2020), as timm's "
+                "FilterResponseNormTlu2d: each channel divided by its root mean square over the map (per sample), "
+                "a scale and shift per channel, then max(x, tau). No running statistics."
+            ),
+            signature="self, num_features: int, eps: float = 1e-5",
+            init=(
+                "super().__init__()",
+                "self.eps = eps",
+                "self.weight = nn.Parameter(torch.ones(num_features))",
+                "self.bias = nn.Parameter(torch.zeros(num_features))",
+                "self.tau = nn.Parameter(torch.zeros(num_features))",
+            ),
+            forward=(
+                "x = x * x.square().mean(dim=(2, 3), keepdim=True).add(self.eps).rsqrt()",
+                "x = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)",
+                "return torch.maximum(x, self.tau.view(1, -1, 1, 1))",
+            ),
+        )
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        name, x = node.name, inputs[0]
+        squared, shifted, rms, normalised, affine = (
+            f"{name}.squared",
+            f"{name}.mean_square_eps",
+            f"{name}.rms",
+            f"{name}.normalised",
+            f"{name}.affine",
+        )
+        graph.node("Mul", [x, x], [squared], squared)
+        mean_square = _mean(graph, squared, [2, 3], f"{name}.mean_square")
+        graph.node("Add", [mean_square, graph.scalar(f"{name}.eps", float(node.attrs["eps"]))], [shifted], shifted)
+        graph.node("Sqrt", [shifted], [rms], rms)
+        graph.node("Div", [x, rms], [normalised], normalised)
+        _affine(graph, node, normalised, affine, affine)
+        graph.node("Max", [affine, _per_channel(graph, node, "tau")], [output], name)
         return True

@@ -1,51 +1,192 @@
-"""timm/models/resnetv2.py's architectures as specs: ResNetV2 (pre-activation bottlenecks in named stages) and
-BiT (GroupNorm, weight-standardised convolutions)."""
+"""timm/models/resnetv2.py's architectures as specs: ResNetV2 (pre-activation bottlenecks or basic blocks in
+named stages; a 7x7, deep or tiered stem; BatchNorm, GroupNorm, EvoNorm-S0 or FilterResponseNorm) and BiT
+(GroupNorm, weight-standardised convolutions)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, header, timm_facts
+from tools.timm_specs.common import OUT, captured_arguments, header, timm_facts
 
 V2_HANDWRITTEN = {"resnetv2_50", "resnetv2_50x1_bit"}
 V2_UNEXPRESSED = {
-    "basic": "ResNetV2's pre-activation BasicBlock is not among the library blocks yet",
-    "stem_type": "ResNetV2's deep and tiered stems and average-pool downsampling are not among the library blocks yet",
-    "norm_layer": "EvoNorm, FilterResponseNorm and GroupNorm-with-activation have no op or block yet",
+    "arguments": "ResNetV2 arguments outside those the library blocks express",
+    "conv_layer": "a convolution other than timm's create_conv2d (or BiT's StdConv2d with eps 1e-8)",
+    "norm_layer": "a normalisation layer without a library block",
+    "combination": "this combination of block, stem and normalisation has no library blocks",
+    "widths": "stage widths other than the library blocks' (a bottleneck's x4, a basic block's x1)",
 }
+# ResNetV2's defaults for what the library blocks fix: any other value of these is not expressed, nor is any
+# argument outside these and VARIED (act_layer: the blocks' activation is ReLU).
+FIXED_DEFAULTS = {
+    "output_stride": 32,
+    "stem_chs": 64,
+    "preact": True,
+    "global_pool": "avg",
+    "drop_rate": 0.0,
+    "drop_path_rate": 0.0,
+    "zero_init_last": False,
+}
+VARIED = {"layers", "channels", "width_factor", "stem_type", "avg_down", "basic", "bottle_ratio", "conv_layer",
+          "norm_layer"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Norm:
+    """What one of timm's norm layers is in the library: its stage blocks, deep stem and the model's final norm."""
+
+    stage: str  # the pre-activation bottleneck stage
+    basic_stage: str | None  # the pre-activation basic-block stage, where the library has one
+    stem: str | None  # the 7x7 stem, where the library has one
+    deep_stem: str  # the deep and tiered stems
+    final: tuple[str, ...]  # the layers after the stages, before the head
+    summary: str  # what the spec's doc says of it ("" for BatchNorm)
+    tiered: bool = True  # the tiered stem's 24 channels: not with 32 groups
+
+
+NORMS = {
+    "BatchNormAct2d": Norm(
+        "timm_v2_stage", "timm_v2_basic_stage", "timm_v2_stem", "timm_v2_deep_stem",
+        ("norm: {op: batchnorm}", "norm_act: {op: relu}"), "",
+    ),
+    "GroupNormAct": Norm(
+        "timm_v2_gn_stage", None, None, "timm_v2_gn_deep_stem",
+        ("norm: {op: groupnorm, groups: 32}", "norm_act: {op: relu}"), "GroupNorm (32 groups) and ReLU", False,
+    ),
+    "EvoNorm2dS0": Norm(
+        "timm_v2_evos_stage", None, None, "timm_v2_evos_deep_stem", ("norm: {op: evonorm_s0}",),
+        "EvoNorm-S0 (32 groups) as norm and activation", False,
+    ),
+    "FilterResponseNormTlu2d": Norm(
+        "timm_v2_frn_stage", None, None, "timm_v2_frn_deep_stem", ("norm: {op: frn_tlu}",),
+        "FilterResponseNorm with TLU as norm and activation",
+    ),
+}  # fmt: skip
+
+
+def _is_bit(kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("stem_type") == "fixed"
+
+
+def _conv_reason(kwargs: dict[str, Any]) -> str | None:
+    import functools
+
+    from timm.layers import StdConv2d, create_conv2d
+
+    conv = kwargs.get("conv_layer")
+    if _is_bit(kwargs):
+        bit_conv = isinstance(conv, functools.partial) and conv.func is StdConv2d and conv.keywords == {"eps": 1e-8}
+        return None if bit_conv and not conv.args else V2_UNEXPRESSED["conv_layer"]
+    return None if conv is create_conv2d else V2_UNEXPRESSED["conv_layer"]
+
+
+def _norm(kwargs: dict[str, Any]) -> Norm | None:
+    """The library's form of the model's norm layer (a class, not a partial with other settings), or None."""
+    layer = kwargs.get("norm_layer")
+    return NORMS.get(layer.__name__) if isinstance(layer, type) else None
+
+
+def _stage_widths(kwargs: dict[str, Any]) -> list[int] | None:
+    """Each stage's `width` argument: the bottleneck's middle width (its output is x4) or the basic block's
+    width, by timm's own rounding; None where the library blocks cannot give timm's widths."""
+    from timm.layers import make_divisible
+
+    basic = bool(kwargs.get("basic"))
+    channels = kwargs.get("channels", (256, 512, 1024, 2048))
+    ratio = kwargs.get("bottle_ratio", 0.25)
+    factor = kwargs.get("width_factor", 1)
+    widths = []
+    for width in channels:
+        out = make_divisible(width * factor)
+        middle = make_divisible(out * ratio)
+        if out != middle * (1 if basic else 4):
+            return None
+        widths.append(middle)
+    return widths
 
 
 def v2_expressible(kwargs: dict[str, Any]) -> str | None:
-    if kwargs.get("basic"):
-        return V2_UNEXPRESSED["basic"]
-    if kwargs.get("stem_type") not in (None, "fixed") or kwargs.get("avg_down"):
-        return V2_UNEXPRESSED["stem_type"]
-    norm = getattr(kwargs.get("norm_layer"), "__name__", "BatchNormAct2d")
-    if norm != "BatchNormAct2d":
-        return V2_UNEXPRESSED["norm_layer"]
+    """None where the library expresses the architecture exactly, else the reason."""
+    if set(kwargs) - VARIED - set(FIXED_DEFAULTS) or any(
+        kwargs.get(key, value) != value for key, value in FIXED_DEFAULTS.items()
+    ):
+        return V2_UNEXPRESSED["arguments"]
+    conv = _conv_reason(kwargs)
+    if conv is not None:
+        return conv
+    stem_type, basic, avg_down = kwargs.get("stem_type", ""), bool(kwargs.get("basic")), bool(kwargs.get("avg_down"))
+    if _is_bit(kwargs):  # BiT: the default norm layer (GroupNormAct, 32 groups), its own stem and blocks
+        if "norm_layer" in kwargs or basic or avg_down:
+            return V2_UNEXPRESSED["combination"]
+    else:
+        norm = _norm(kwargs)
+        if norm is None:
+            return V2_UNEXPRESSED["norm_layer"]
+        if stem_type not in ("", "deep", "tiered"):
+            return V2_UNEXPRESSED["combination"]
+        if (basic and norm.basic_stage is None) or (stem_type == "" and norm.stem is None):
+            return V2_UNEXPRESSED["combination"]
+        if stem_type == "tiered" and not norm.tiered:
+            return V2_UNEXPRESSED["combination"]
+    if len(kwargs["layers"]) != 4 or _stage_widths(kwargs) is None:
+        return V2_UNEXPRESSED["widths"]
     return None
 
 
-def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
-    """ResNetV2 (pre-activation bottlenecks in named stages) and BiT (GroupNorm, weight standardisation)."""
-    config, params = timm_facts(name)
-    bit = kwargs.get("stem_type") == "fixed"
-    factor = kwargs.get("width_factor", 1)
+def _stem(kwargs: dict[str, Any], norm: Norm | None) -> str:
+    """The stem layer: BiT's, the 7x7 one, or the deep ('D': 32, 32, 64) and tiered ('T': 24, 32, 64) stems."""
+    from timm.layers import make_divisible
+
+    out = make_divisible(64 * kwargs.get("width_factor", 1))
+    if norm is None:  # BiT
+        return f"{{op: submodule, block: timm_bit_stem{', args: {out: ' + str(out) + '}' if out != 64 else ''}}}"
+    stem_type = kwargs.get("stem_type", "")
+    if stem_type == "":
+        return f"{{op: submodule, block: {norm.stem}}}"
+    first = 3 * out // 8 if stem_type == "tiered" else out // 2
+    wider = f", out: {out}" if out != 64 else ""
+    return f"{{op: submodule, block: {norm.deep_stem}, args: {{first: {first}, second: {out // 2}{wider}}}}}"
+
+
+def _summary(kwargs: dict[str, Any], norm: Norm | None) -> str:
     layers = list(kwargs["layers"])
-    kind = "BiT" if bit else "ResNetV2"
-    stage_block = "timm_bit_stage" if bit else "timm_v2_stage"
-    summary = f"pre-activation bottlenecks {layers}" + (
-        f", GroupNorm and weight-standardised convolutions, width x{factor}" if bit else ""
-    )
+    kind = "basic blocks" if kwargs.get("basic") else "bottlenecks"
+    text = f"pre-activation {kind} {layers}"
+    if norm is None:
+        return text + f", GroupNorm and weight-standardised convolutions, width x{kwargs.get('width_factor', 1)}"
+    stem_type = kwargs.get("stem_type", "")
+    if stem_type:
+        text += f", a {stem_type} stem"
+    if kwargs.get("avg_down"):
+        text += ", average-pool downsampling"
+    return text + (f", {norm.summary}" if norm.summary else "")
+
+
+def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
+    """ResNetV2 (pre-activation blocks in named stages) and BiT (GroupNorm, weight standardisation)."""
+    config, params = timm_facts(name)
+    bit = _is_bit(kwargs)
+    norm = None if bit else _norm(kwargs)
+    widths = _stage_widths(kwargs)
+    assert widths is not None
+    if norm is None:
+        stage_block = "timm_bit_stage"
+    else:
+        stage_block = norm.basic_stage if kwargs.get("basic") else norm.stage
+        assert stage_block is not None
     stages = []
-    for index, (depth, width) in enumerate(zip(layers, WIDTHS, strict=True)):
+    for index, (depth, width) in enumerate(zip(kwargs["layers"], widths, strict=True)):
         stride = "" if index == 0 else ", stride: 2"
-        args = f"{{width: {width * factor}, depth: {depth}{stride}}}"
+        args = f"{{width: {width}, depth: {depth}{stride}}}"
         stages.append(f'      "{index}": {{op: submodule, block: {stage_block}, args: {args}}}')
-    stem = f"{{op: submodule, block: timm_bit_stem{', args: {out: ' + str(64 * factor) + '}' if factor != 1 else ''}}}"
-    projection = "timm_bit_projection" if bit else "timm_v2_projection"
+    if bit:
+        projection = "timm_bit_projection"
+    else:
+        projection = "timm_v2_avg_down" if kwargs.get("avg_down") else "timm_v2_projection"
+    final = ("norm: {op: groupnorm, groups: 32}", "norm_act: {op: relu}") if norm is None else norm.final
     lines = [
-        *header(name, summary, config, params, projection, kind),
+        *header(name, _summary(kwargs, norm), config, params, projection, "BiT" if bit else "ResNetV2"),
         "",
         "blocks:",
         "  stages:",
@@ -57,10 +198,9 @@ def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
         "",
         "init_zeros: [head.fc.bias]  # timm's ResNetV2 zeroes its classifier bias (zero_init_last stays off)",
         "layers:",
-        f"  stem: {stem if bit else '{op: submodule, block: timm_v2_stem}'}",
+        f"  stem: {_stem(kwargs, norm)}",
         "  stages: {op: submodule, block: stages}",
-        f"  norm: {'{op: groupnorm, groups: 32}' if bit else '{op: batchnorm}'}",
-        "  norm_act: {op: relu}",
+        *(f"  {line}" for line in final),
         "  head: {op: submodule, block: timm_v2_head, args: {classes: num_classes}}",
         "  flatten: {op: flatten}",
     ]
