@@ -19,7 +19,6 @@ from tools.timm_specs import res2net, resnest, resnet, resnetv2, sknet
 from tools.timm_specs.common import ROOT
 
 FAMILIES = (resnet, resnest, sknet, resnetv2, res2net)
-UNEXPRESSED = resnet.UNEXPRESSED
 
 
 def wanted() -> tuple[dict[Path, str], dict[str, str]]:

@@ -48,8 +48,8 @@ def class_name(name: str) -> str:
     """`seresnext26d_32x4d` -> `SEResNeXt26D_32x4d`: timm's name, spelled as the papers do."""
     head, _, tail = name.partition("_")
     spellings = (
-        ("skresnet", "SKResNet"), ("senet", "SENet"), ("res2next", "Res2NeXt"), ("res2net", "Res2Net"),
-        ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"),
+        ("skresnext", "SKResNeXt"), ("skresnet", "SKResNet"), ("senet", "SENet"),
+        ("res2next", "Res2NeXt"), ("res2net", "Res2Net"), ("seresnext", "SEResNeXt"), ("seresnet", "SEResNet"),
         ("ecaresnext", "EcaResNeXt"), ("ecaresnet", "EcaResNet"),
         ("resnext", "ResNeXt"), ("resnest", "ResNeSt"), ("resnet", "ResNet"), ("wide", "Wide"),
     )  # fmt: skip
@@ -60,6 +60,13 @@ def class_name(name: str) -> str:
     head = head.replace("blur", "Blur").replace("aa", "AA").replace("rs", "RS").replace("v2", "V2")
     head = head[:-1] + head[-1].upper() if head[-1] in "cdest" and head[-2].isdigit() else head
     return head + (f"_{tail}" if tail else "")
+
+
+def make_divisible(value: float, divisor: int, minimum: int | None = None) -> int:
+    """timm's channel rounding: the multiple of `divisor` nearest `value` (halves up), at least `minimum`
+    (default: the divisor), one divisor more where rounding lost over a tenth of `value`."""
+    rounded = max(minimum or divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 def se_reduced(channels: int, ratio: float = 1 / 16, divisor: int = 8) -> int:

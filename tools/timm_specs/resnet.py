@@ -1,6 +1,7 @@
 """timm/models/resnet.py's architectures as specs: BasicBlock or Bottleneck, with squeeze-and-excitation, ECA
 or anti-aliasing (blur or average pool); a plain, deep or tiered stem; average-pool downsampling; ResNet-RS's
-convolutional stem pool. ResNeSt and SK-ResNet specs share its layout (`family`)."""
+convolutional stem pool; GroupNorm, pruned widths, SENet-154's reduced first 1x1. ResNeSt and SK-ResNet specs
+share its layout (`layout_text`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, eca_kernel,
 
 # Written by hand before this generator existed (and tested the same way): left as they are.
 HANDWRITTEN = {"resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50"}
-UNEXPRESSED: dict[str, str] = {}  # every resnet.py architecture of timm 1.0.31 is expressed
 KNOWN_ARGS = {
     "stem_width", "stem_type", "avg_down", "cardinality", "base_width", "aa_layer", "replace_stem_pool",
     "norm_layer", "down_kernel_size", "block_reduce_first", "pruned",
@@ -29,8 +29,6 @@ def _attention(kwargs: dict[str, Any]) -> tuple[str | None, float]:
 
 def expressible(name: str, kwargs: dict[str, Any]) -> str | None:
     """Why the architecture cannot be written with the library blocks, or None."""
-    if name in UNEXPRESSED:
-        return UNEXPRESSED[name]
     extra = set(kwargs) - KNOWN_ARGS - {"block", "layers", "block_args"}
     if extra:
         return f"arguments not mapped: {sorted(extra)}"
@@ -145,24 +143,38 @@ def _projection(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
-    """The spec of a resnet.py architecture, or of a ResNeSt one (split-attention bottlenecks) or an SK-ResNet
-    one (selective-kernel basic blocks): `family` is the timm module."""
+def layout_text(name: str, kwargs: dict[str, Any], summary: str, block: str, stages: list[dict[str, object]]) -> str:
+    """A spec in timm's ResNet layout (stem, four stages of `block`, average pool, classifier) whose stage `i`
+    gets `stages[i]` as its blocks' arguments; the stem and the projection come from timm's arguments. resnet.py,
+    resnest.py and sknet.py models share it."""
     config, params = timm_facts(name)
-    if family == "resnest":  # radix 2, 32 split-attention channels per 64 of width (timm's make_divisible, min 32)
-        block, stages = "timm_resnest_bottleneck", [{"width": width, "reduced": width // 2} for width in WIDTHS]
-    elif family == "sknet":  # the attention's width: timm's make_divisible(width / 8, 16)
-        block = "timm_sk_basic"
-        stages = [{"width": width, "reduced": se_reduced(width, 1 / 8, 16)} for width in WIDTHS]
-    else:
-        block, stages = _block(kwargs, name)
-    layers = kwargs["layers"]
+    lines = [
+        *header(name, summary, config, params, _projection(kwargs)),
+        *(
+            ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
+            if kwargs.get("zero_init_last", True)
+            else []
+        ),
+        "layers:",
+        *_stem(kwargs),
+    ]
+    for index, (repeat, args) in enumerate(zip(kwargs["layers"], stages, strict=True)):
+        stride = "" if index == 0 else ", stride: 2"
+        lines.append(f"  layer{index + 1}: {{op: stage, block: {block}, repeat: {repeat}, args: {flow(args)}{stride}}}")
+    lines += [
+        "  global_pool: {op: global_avg_pool}",
+        "  flatten: {op: flatten}",
+        "  fc: {op: linear, out: num_classes}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def spec_text(name: str, kwargs: dict[str, Any]) -> str:
+    """The spec of a resnet.py architecture."""
+    block, stages = _block(kwargs, name)
     stem = kwargs.get("stem_type")
-    kind = {"resnest": "split-attention Bottleneck", "sknet": "selective-kernel BasicBlock"}.get(
-        family, "BasicBlock" if "basic" in block else "Bottleneck"
-    )
     summary = (
-        f"{kind} {list(layers)}"
+        f"{'BasicBlock' if 'basic' in block else 'Bottleneck'} {list(kwargs['layers'])}"
         + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
         + (", average-pool downsampling" if kwargs.get("avg_down") else "")
         + (f", {kwargs['cardinality']}x{kwargs['base_width']}d groups" if kwargs.get("cardinality", 1) > 1 else "")
@@ -176,23 +188,7 @@ def spec_text(name: str, kwargs: dict[str, Any], family: str = "resnet") -> str:
         + (f", first 1x1 reduced {kwargs['block_reduce_first']}x" if kwargs.get("block_reduce_first", 1) != 1 else "")
         + (", channels pruned per layer" if kwargs.get("pruned") else "")
     )
-    lines = [
-        *header(name, summary, config, params, _projection(kwargs)),
-        *(
-            ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
-            if kwargs.get("zero_init_last", True)
-            else []
-        ),
-        "layers:",
-        *_stem(kwargs),
-    ]
-    for index, (repeat, args) in enumerate(zip(layers, stages, strict=True)):
-        stride = "" if index == 0 else ", stride: 2"
-        stage = f"{{op: stage, block: {block}, repeat: {repeat}, args: {flow(args)}{stride}}}"
-        lines.append(f"  layer{index + 1}: {stage}")
-    lines += ["  global_pool: {op: global_avg_pool}", "  flatten: {op: flatten}"]
-    lines += ["  fc: {op: linear, out: num_classes}"]
-    return "\n".join(lines) + "\n"
+    return layout_text(name, kwargs, summary, block, stages)
 
 
 def specs() -> tuple[dict, dict[str, str]]:
