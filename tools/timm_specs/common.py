@@ -111,7 +111,7 @@ def header(name: str, summary: str, config: Any, params: int, projection: str | 
     return [
         "# yaml-language-server: $schema=../../resnetc/library/spec.schema.json",
         f"# timm's {name} ({kind + ': ' if kind else ''}{summary}), timm's state_dict keys weight for weight.",
-        f"# Written by tools/timm_specs.py from timm {TIMM_VERSION}'s own arguments for {name}.",
+        f"# Written by tools/timm_specs from timm {TIMM_VERSION}'s own arguments for {name}.",
         "version: 1",
         f"name: {class_name(name)}",
         f'doc: "{name} as timm builds it: {summary}."',
