@@ -4,6 +4,7 @@ the spec header with timm's pretrained_cfg facts."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,24 @@ def header(name: str, summary: str, config: Any, params: int, projection: str | 
         f'paper: {{source: "timm {TIMM_VERSION}, {name}", params: "{params / 1e6:.2f}M"}}',
         "preprocessing: " + flow({key: value for key, value in preprocessing.items() if value is not None}),
     ]
+
+
+def written(
+    module: str,
+    factory: str,
+    reason: Callable[[str, dict[str, Any]], str | None],
+    text: Callable[[str, dict[str, Any]], str],
+    handwritten: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict[Path, str], dict[str, str]]:
+    """Every architecture of timm/models/<module>.py as (spec path -> text), and (name -> why not) for those
+    `reason` refuses; the handwritten specs and timm's own tiny test models are left alone."""
+    texts, skipped = {}, {}
+    for name, kwargs in sorted(captured_arguments(module, factory).items()):
+        if name in handwritten or name.startswith("test_"):
+            continue
+        why = reason(name, kwargs)
+        if why is None:
+            texts[OUT / f"{name}.yaml"] = text(name, kwargs)
+        else:
+            skipped[name] = why
+    return texts, skipped

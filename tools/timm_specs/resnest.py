@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, make_divisible
+from tools.timm_specs.common import WIDTHS, make_divisible, written
 from tools.timm_specs.resnet import layout_text
 
 RESNEST_HANDWRITTEN = {"resnest50d"}
@@ -77,13 +77,10 @@ def resnest_spec_text(name: str, kwargs: dict[str, Any]) -> str:
 
 def specs() -> tuple[dict, dict[str, str]]:
     """The spec text of every expressible resnest.py architecture, and why each other one is not written."""
-    texts, skipped = {}, {}
-    for name, kwargs in sorted(captured_arguments("resnest", "_create_resnest").items()):
-        if name in RESNEST_HANDWRITTEN:
-            continue
-        reason = resnest_expressible(kwargs)
-        if reason is not None:
-            skipped[name] = reason
-            continue
-        texts[OUT / f"{name}.yaml"] = resnest_spec_text(name, kwargs)
-    return texts, skipped
+    return written(
+        "resnest",
+        "_create_resnest",
+        lambda _, kwargs: resnest_expressible(kwargs),
+        resnest_spec_text,
+        RESNEST_HANDWRITTEN,
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, eca_kernel, flow, header, se_reduced, timm_facts
+from tools.timm_specs.common import WIDTHS, eca_kernel, flow, header, se_reduced, timm_facts, written
 
 # Written by hand before this generator existed (and tested the same way): left as they are.
 HANDWRITTEN = {"resnet50d", "resnet26t", "seresnet50", "ecaresnet50d", "resnetrs50", "resnetblur50"}
@@ -193,13 +193,4 @@ def spec_text(name: str, kwargs: dict[str, Any]) -> str:
 
 def specs() -> tuple[dict, dict[str, str]]:
     """The spec text of every expressible resnet.py architecture, and why each other one is not written."""
-    texts, skipped = {}, {}
-    for name, kwargs in sorted(captured_arguments().items()):
-        if name in HANDWRITTEN or name.startswith("test_"):  # test_resnet: timm's own tiny test model
-            continue
-        reason = expressible(name, kwargs)
-        if reason is not None:
-            skipped[name] = reason
-            continue
-        texts[OUT / f"{name}.yaml"] = spec_text(name, kwargs)
-    return texts, skipped
+    return written("resnet", "_create_resnet", expressible, spec_text, HANDWRITTEN)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tools.timm_specs.common import OUT, captured_arguments, header, timm_facts
+from tools.timm_specs.common import header, timm_facts, written
 
 V2_HANDWRITTEN = {"resnetv2_50", "resnetv2_50x1_bit"}
 V2_UNEXPRESSED = {
@@ -209,13 +209,6 @@ def v2_spec_text(name: str, kwargs: dict[str, Any]) -> str:
 
 def specs() -> tuple[dict, dict[str, str]]:
     """The spec text of every expressible resnetv2.py architecture, and why each other one is not written."""
-    texts, skipped = {}, {}
-    for name, kwargs in sorted(captured_arguments("resnetv2", "_create_resnetv2").items()):
-        if name in V2_HANDWRITTEN:
-            continue
-        reason = v2_expressible(kwargs)
-        if reason is not None:
-            skipped[name] = reason
-            continue
-        texts[OUT / f"{name}.yaml"] = v2_spec_text(name, kwargs)
-    return texts, skipped
+    return written(
+        "resnetv2", "_create_resnetv2", lambda _, kwargs: v2_expressible(kwargs), v2_spec_text, V2_HANDWRITTEN
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.timm_specs.common import OUT, WIDTHS, captured_arguments, make_divisible
+from tools.timm_specs.common import WIDTHS, make_divisible, written
 from tools.timm_specs.resnest import LAYOUT_ARGS, layout_summary
 from tools.timm_specs.resnet import layout_text
 
@@ -55,13 +55,6 @@ def sk_spec_text(name: str, kwargs: dict[str, Any]) -> str:
 
 def specs() -> tuple[dict, dict[str, str]]:
     """The spec text of every expressible sknet.py architecture, and why each other one is not written."""
-    texts, skipped = {}, {}
-    for name, kwargs in sorted(captured_arguments("sknet", "_create_skresnet").items()):
-        if name in SK_HANDWRITTEN:
-            continue
-        _, reason = _sk_arguments(kwargs)
-        if reason is not None:
-            skipped[name] = reason
-            continue
-        texts[OUT / f"{name}.yaml"] = sk_spec_text(name, kwargs)
-    return texts, skipped
+    return written(
+        "sknet", "_create_skresnet", lambda _, kwargs: _sk_arguments(kwargs)[1], sk_spec_text, SK_HANDWRITTEN
+    )
