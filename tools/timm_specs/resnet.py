@@ -143,6 +143,16 @@ def _projection(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
+def _zero_init(kwargs: dict[str, Any]) -> list[str]:
+    """timm's zero_init_last as the spec's zero_init_residual. A pruned model starts without it: timm zeroes the
+    last norms, then replaces every layer with one of its pruned width, freshly initialised."""
+    if kwargs.get("pruned"):
+        return ["# no zero_init_residual: timm's pruned layers replace the zeroed ones, freshly initialised"]
+    if kwargs.get("zero_init_last", True):
+        return ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
+    return []
+
+
 def layout_text(name: str, kwargs: dict[str, Any], summary: str, block: str, stages: list[dict[str, object]]) -> str:
     """A spec in timm's ResNet layout (stem, four stages of `block`, average pool, classifier) whose stage `i`
     gets `stages[i]` as its blocks' arguments; the stem and the projection come from timm's arguments. resnet.py,
@@ -150,11 +160,7 @@ def layout_text(name: str, kwargs: dict[str, Any], summary: str, block: str, sta
     config, params = timm_facts(name)
     lines = [
         *header(name, summary, config, params, _projection(kwargs)),
-        *(
-            ["zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero"]
-            if kwargs.get("zero_init_last", True)
-            else []
-        ),
+        *_zero_init(kwargs),
         "layers:",
         *_stem(kwargs),
     ]
