@@ -224,6 +224,15 @@ def test_every_resnet_timm_registers_ships() -> None:
     assert sorted(registered - set(TIMM_SPECS)) == []
 
 
+def test_every_timm_spec_checks_by_name(capsys) -> None:
+    """`resnetc check timm/NAME` for every shipped timm spec, by name as a user types it, one ok line each."""
+    from resnetc.cli import main
+
+    assert main(["check", *(f"timm/{stem}" for stem in TIMM_SPECS)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": ok: " in line]
+    assert len(lines) == len(TIMM_SPECS) >= 125
+
+
 @pytest.mark.slow
 def test_generated_specs_are_what_timms_arguments_give() -> None:
     """tools/timm_specs, rerun against the installed timm, writes exactly the committed specs and library files,
