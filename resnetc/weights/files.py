@@ -62,7 +62,11 @@ def _check_path(path: Path) -> int:
     return status.st_size
 
 
-def _kind(path: Path) -> str:
+def _kind(path: Path, size: int) -> str:
+    """The format by its structure, not by one byte: safetensors is an 8-byte little-endian header length that
+    fits the file, then a JSON object (`{`); torch's zip starts `PK\\x03\\x04`, its legacy pickle with the pickle
+    protocol marker 0x80 and a protocol number (2 to 5). A safetensors length whose low byte is 0x80 (one file
+    in 256) is safetensors, since the structure is checked first; _safetensors_header then checks the rest."""
     try:
         with path.open("rb") as handle:
             head = handle.read(9)
@@ -70,9 +74,12 @@ def _kind(path: Path) -> str:
         raise WeightsError(f"{path}: cannot read the weights file ({error.strerror})") from None
     if not head:
         raise WeightsError(f"{path}: the file is empty")
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    declared = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and head[8:9] == b"{" and declared <= MAX_HEADER_BYTES and 8 + declared <= size:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{":
+    if len(head) == 9 and head[8:9] == b"{":  # shaped like safetensors, but the length does not fit: say so
         return "safetensors"
     raise WeightsError(
         f"{path}: not a weights file (neither safetensors nor a torch.save'd state_dict, by its content)"
@@ -157,6 +164,19 @@ def _safetensors_header(path: Path, size: int) -> tuple[int, dict[str, dict]]:
             )
         if not valid or end - begin != count * _ITEM_BYTES[dtype]:
             raise WeightsError(f"{path}: {name} declares shape {shown(str(shape), 80)} that its data does not hold")
+    # The entries' data must tile the rest of the file, as the format requires: no hole, no overlap, no tail.
+    reached = 0
+    for begin, end in sorted(tuple(entry["data_offsets"]) for entry in header.values()):
+        if begin != reached:
+            raise WeightsError(
+                f"{path}: not a safetensors file (its tensors' data {'overlap' if begin < reached else 'leave a hole'}"
+                f" at byte {8 + length + min(begin, reached):,})"
+            )
+        reached = end
+    if reached != data_bytes:
+        raise WeightsError(
+            f"{path}: not a safetensors file ({data_bytes - reached:,} bytes after its last tensor's data)"
+        )
     return 8 + length, header
 
 
@@ -227,6 +247,6 @@ def read_weights(path: str | Path, budget: int | None = None) -> dict[str, objec
     caller can use; a file declaring more is refused before it is read."""
     path = hub_file(path) if isinstance(path, str) and path.startswith(HUB_PREFIX) else Path(path)
     size = _check_path(path)
-    if _kind(path) == "safetensors":
+    if _kind(path, size) == "safetensors":
         return _read_safetensors(path, size, budget)
     return _read_torch(path, budget)
