@@ -103,6 +103,9 @@ class Op:
     is_convolution: ClassVar[bool] = False
     is_norm: ClassVar[bool] = False
     folds_into_convolution: ClassVar[bool] = False  # an affine map of its input in eval mode (BatchNorm)
+    # The op it is in an inference graph once `inference_weights` has computed its weights at compile time (a
+    # weight-standardised convolution is a plain `conv` of its standardised weight); None: it stays itself.
+    inference_op: ClassVar[str | None] = None
     padding_op: ClassVar[str | None] = None  # a residual path: the op that option A's zero padding lowers to
     # PyTorch emission.
     torch_member: ClassVar[bool] = True  # a module attribute (as torchvision has it); False: a call in forward

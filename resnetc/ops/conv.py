@@ -207,6 +207,16 @@ class StdConv(Conv):
     torch_helper_name = "StdConv2d"
     torch_init = None  # a Conv2d subclass: the convolution's rule covers it
     example: ClassVar[dict[str, Any]] = {"out": 4, "kernel": 3, "eps": 1e-8}
+    inference_op = "conv"  # the standardised weight is a constant of the trained model
+
+    @staticmethod
+    def inference_weights(attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        """The weight as the module uses it: each filter minus its mean, over its standard deviation (the biased
+        variance plus eps), computed in float64 as the eval-mode module computes it in float32."""
+        flat = weight.astype(np.float64).reshape(weight.shape[0], -1)
+        centred = flat - flat.mean(axis=1, keepdims=True)
+        std = np.sqrt((centred * centred).mean(axis=1, keepdims=True) + float(attrs["eps"]))
+        return (centred / std).reshape(weight.shape)
 
     def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
         conv = super().torch_module(layer, channels, inplace).replace("nn.Conv2d(", "StdConv2d(", 1)

@@ -28,7 +28,20 @@ def fold_bn(model: Model, weights: Weights, options: Options) -> tuple[Model, We
     return replace(model, graph=graph), weights, str(report)
 
 
-PIPELINE: tuple[Pass, ...] = (fold_bn,)
+def fold_constant_weights(model: Model, weights: Weights, options: Options) -> tuple[Model, Weights, str | None]:
+    """Weights an op would recompute on every run (weight standardisation) computed once: always, since every
+    ONNX graph resnetc writes is an inference graph; a model with no such op is returned unchanged."""
+    from resnetc import ops
+
+    if not any(ops.get(node.op).inference_op for node in model.graph.nodes):
+        return model, weights, None
+    from resnetc.passes.fold_weights import fold_weights
+
+    graph, weights, report = fold_weights(model.graph, weights)
+    return replace(model, graph=graph), weights, str(report)
+
+
+PIPELINE: tuple[Pass, ...] = (fold_constant_weights, fold_bn)
 
 
 def run(model: Model, weights: Weights, options: Options) -> tuple[Model, Weights, list[str]]:
