@@ -76,3 +76,19 @@ def test_calibration_files_are_checked_before_anything_is_built(tmp_path, capsys
         command = ["compile", SPEC, "--target", "onnx", "--dtype", "int8", "--calibration", str(path)]
         assert main([*command, "--out", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_static_shape_int8_at_any_batch(batch, tmp_path) -> None:
+    """`--static-shape --dtype int8 --batch N` (what NNAPI and CoreML need): calibration runs in batches of the
+    static size, 1, 3, or more than the calibration images hold (they repeat). Before, any N but 8 was exit 3."""
+    images = np.random.default_rng(2).random((20, 3, 32, 32), dtype=np.float32)
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, images)
+    spec = str(ROOT / "specs" / "resnet20.yaml")
+    argv = ["compile", spec, "--target", "onnx", "--static-shape", "--dtype", "int8", "--batch", str(batch)]
+    assert main([*argv, "--calibration", str(calibration), "--out", str(tmp_path)]) == 0
+    session = cpu_session(str(tmp_path / "resnet20.onnx"))
+    assert session.get_inputs()[0].shape == [batch, 3, 32, 32]
+    logits = session.run(None, {"input": np.resize(images, (batch, 3, 32, 32))})[0]
+    assert logits.shape == (batch, 10) and np.all(np.isfinite(logits))

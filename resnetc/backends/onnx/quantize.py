@@ -71,9 +71,14 @@ def quantize(
 def _quantize(model: onnx.ModelProto, images: np.ndarray, activations: str) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    size = _static_batch(model)
+    batches = (
+        _batches(images, size) if size is not None else [images[i : i + BATCH] for i in range(0, len(images), BATCH)]
+    )
+
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"input": images[i : i + BATCH]} for i in range(0, len(images), BATCH)])
+            self.batches = iter([{"input": batch} for batch in batches])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -91,3 +96,18 @@ def _quantize(model: onnx.ModelProto, images: np.ndarray, activations: str) -> o
             weight_type=QuantType.QInt8,
         )
         return onnx.load_model(target)
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size a static-shape graph takes (`--static-shape --batch N`), or None where it is symbolic."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _batches(images: np.ndarray, size: int) -> list[np.ndarray]:
+    """The calibration images in batches of exactly the static graph's `size`: a graph of batch 1 gets them one
+    at a time, a batch larger than the images gets them repeated (min and max are unchanged by repeats); a
+    remainder smaller than `size` is left out."""
+    if len(images) < size:
+        images = np.concatenate([images] * -(-size // len(images)))[:size]
+    return [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
