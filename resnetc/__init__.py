@@ -10,7 +10,9 @@ The Python API mirrors the CLI:
 - `compile_spec(spec, out_dir="generated", target="torch"|"onnx"|"all")`: write the outputs;
 - `build(spec, **overrides)`: the model as a torch.nn.Module, in memory, from the same source;
 - `override(spec, num_classes=, in_channels=, input_size=)`: the spec with those replaced (every
-  function above takes the same keyword overrides).
+  function above takes the same keyword overrides);
+- `import_model(module_or_source)`: a readable spec and its weights for an existing model (a torch module,
+  `torchvision:NAME`, `timm:NAME`, `package.module:callable`), proven equal before it is returned.
 """
 
 from __future__ import annotations
@@ -21,9 +23,31 @@ from resnetc.core.errors import ResnetcError, SpecError, WeightsError
 from resnetc.version import __version__
 
 if TYPE_CHECKING:
-    from resnetc.api import build, build_onnx, compile_spec, info, load, lower, override, to_onnx, to_source
+    from resnetc.api import (
+        build,
+        build_onnx,
+        compile_spec,
+        import_model,
+        info,
+        load,
+        lower,
+        override,
+        to_onnx,
+        to_source,
+    )
 
-_API = ("build", "build_onnx", "compile_spec", "info", "load", "lower", "override", "to_onnx", "to_source")
+_API = (
+    "build",
+    "build_onnx",
+    "compile_spec",
+    "import_model",
+    "info",
+    "load",
+    "lower",
+    "override",
+    "to_onnx",
+    "to_source",
+)
 
 __all__ = [
     "ResnetcError",
@@ -33,6 +57,7 @@ __all__ = [
     "build",
     "build_onnx",
     "compile_spec",
+    "import_model",
     "info",
     "load",
     "lower",

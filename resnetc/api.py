@@ -388,3 +388,52 @@ def compile_spec(
             refresh_bytecode(path)
         result.written.append(path)
     return result
+
+
+def import_model(
+    module_or_source: Any, *, name: str | None = None, args: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A readable spec and its weights for an existing model: a `torch.nn.Module`, or a source string
+    (`torchvision:resnet50`, `timm:resnet50d`, `package.module:callable`, which imports and runs that user
+    code). `args` go to the model's constructor (timm's keyword arguments). Returns the spec text and the
+    weights (state_dict key -> numpy array, under the spec's keys). The spec is proven before it is returned:
+    resnetc builds it, the model's state_dict loads strictly and the outputs agree; what no op expresses is an
+    `ImportRefused` (a `ResnetcError`) naming the first module path and class."""
+    from resnetc.importer import import_source
+
+    text, weights, _ = import_source(module_or_source, name=name, args=args)
+    return text, weights
+
+
+@dataclass
+class ImportResult:
+    spec: Path
+    weights: Path
+    text: str
+
+
+def import_to(
+    module_or_source: Any,
+    out_dir: str | Path = DEFAULT_OUT,
+    *,
+    name: str | None = None,
+    args: dict[str, Any] | None = None,
+) -> ImportResult:
+    """`resnetc import`: `import_model`, then `<out_dir>/<stem>.yaml` and `<stem>.safetensors` written together,
+    all or nothing (stem: `name`, else the model's name made a module name)."""
+    from safetensors.numpy import save
+
+    from resnetc.core.files import write_all_atomic
+    from resnetc.importer import import_source
+
+    out = out_folder(out_dir)
+    if name is not None and (keyword.iskeyword(name) or name in _SHADOWING_STEMS or not name.isidentifier()):
+        raise UsageError(f"--name {name!r}: give a valid Python module name that shadows no module (outputs take it)")
+    text, weights, stem = import_source(module_or_source, name=name, args=args)
+    spec_path, weights_path = out / f"{stem}.yaml", out / f"{stem}.safetensors"
+    import json
+
+    origin = module_or_source if isinstance(module_or_source, str) else type(module_or_source).__name__
+    data = save(dict(weights), metadata={"resnetc": json.dumps({"spec": f"{stem}.yaml", "imported_from": origin})})
+    write_all_atomic({spec_path: text.encode("utf-8"), weights_path: data})
+    return ImportResult(spec_path, weights_path, text)

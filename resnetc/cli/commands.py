@@ -374,7 +374,8 @@ def _blocks(args: argparse.Namespace) -> int:
         return EXIT_OK
     for entry in listed:
         params = ", ".join(
-            f"{name}" if default is None else f"{name}={default}" for name, default in entry["params"].items()  # type: ignore[union-attr]
+            f"{name}" if default is None else f"{name}={default}"
+            for name, default in entry["params"].items()  # type: ignore[union-attr]
         )
         print(f"{entry['name']}({params})\n    {entry['doc']}")
     return EXIT_OK
@@ -398,8 +399,21 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import(args: argparse.Namespace) -> int:
+    from resnetc.api import import_to
+    from resnetc.core.options import out_folder
+    from resnetc.importer import parse_args
+
+    out_folder(args.out)
+    result = import_to(args.source, args.out, name=args.name, args=parse_args(args.arg))
+    print(f"wrote {result.spec}")
+    print(f"wrote {result.weights}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "list": _list,
+    "import": _import,
     "blocks": _blocks,
     "compile": _compile,
     "check": _check,

@@ -162,6 +162,36 @@ def parser() -> argparse.ArgumentParser:
     probe.add_argument("--error-format", choices=("text", "json"), default="text")
     _add_overrides(probe)
 
+    import_ = commands.add_parser(
+        "import",
+        help="an existing model in, a readable spec and its weights out: DIR/<stem>.yaml and .safetensors",
+        description=(
+            "Import a ResNet-family model as a spec (library blocks where they match) and its weights, proven "
+            "before written: the spec is built, the model's state_dict loads strictly and the outputs agree. "
+            "A module no resnetc op expresses is refused (exit 2), naming its path and class; nothing is written. "
+            "Note: package.module:callable imports that module and calls the callable, running its code."
+        ),
+    )
+    import_.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="timm:NAME, torchvision:NAME, or package.module:callable (imports and runs that user code)",
+    )
+    import_.add_argument("--out", default="generated", help="output folder (default: generated/)")
+    import_.add_argument("--name", help="the outputs' stem (default: the model's name made a module name)")
+    import_.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor keyword argument (timm's, e.g. drop_path_rate=0.1); VALUE is read as a YAML scalar",
+    )
+    import_.add_argument(
+        "--partial",
+        action="store_true",
+        help="accepted for the documented form; a model that cannot be imported whole is still refused (exit 2)",
+    )
+
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")
     run.add_argument("model", metavar="MODEL.onnx")
     run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")

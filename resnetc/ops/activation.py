@@ -9,7 +9,7 @@ from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import OnnxGraph, Op
+from resnetc.ops.base import TENSOR, OnnxGraph, Op
 from resnetc.ops.fields import LayerFields
 from resnetc.ops.registry import register
 
@@ -49,6 +49,11 @@ class ReLU(_Elementwise):
     doc = "max(x, 0) (`nn.ReLU`, in place where the IR's alias analysis allows, ONNX `Relu`)"
     torch_class, onnx_type, inplace_capable = "nn.ReLU", "Relu", True
     saves_output = True  # ReLU's backward reads its output
+    torch_classes = ("torch.nn.modules.activation.ReLU",)
+    torch_functions = ("torch.nn.functional.relu", "torch.relu", "torch.relu_", "Tensor.relu", "Tensor.relu_")
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        return {} if args[:1] == (TENSOR,) and len(args) <= 2 and set(kwargs) <= {"inplace"} else None
 
 
 class SigmoidFields(LayerFields):
@@ -61,6 +66,8 @@ class Sigmoid(_Elementwise):
     doc = "1 / (1 + exp(-x)) (`nn.Sigmoid`, ONNX `Sigmoid`), e.g. the gate of squeeze-and-excitation"
     torch_class, onnx_type = "nn.Sigmoid", "Sigmoid"
     saves_output = True
+    torch_classes = ("torch.nn.modules.activation.Sigmoid",)
+    torch_functions = ("torch.sigmoid", "Tensor.sigmoid")
 
 
 class SiLUFields(LayerFields):
@@ -72,6 +79,7 @@ class SiLU(_Elementwise):
     fields = SiLUFields
     doc = "x * sigmoid(x), also called swish (`nn.SiLU`; ONNX `Sigmoid` then `Mul`)"
     torch_class, inplace_capable = "nn.SiLU", True
+    torch_classes = ("torch.nn.modules.activation.SiLU",)
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         gate = f"{node.name}.sigmoid"
@@ -193,3 +201,7 @@ class Identity(_Elementwise):
     doc = "the input itself (`nn.Identity`, ONNX `Identity`): a named place to hook, or a disabled layer"
     torch_class, onnx_type = "nn.Identity", "Identity"
     aliases_input = True
+    torch_classes = ("torch.nn.modules.linear.Identity",)
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return True

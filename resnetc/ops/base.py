@@ -86,6 +86,25 @@ class OnnxGraph(Protocol):
     def tensor(self, name: str, values: np.ndarray) -> str: ...
 
 
+class _Tensor:
+    """A tensor argument of a traced call, as `Op.from_torch_call` sees it."""
+
+    def __repr__(self) -> str:
+        return "TENSOR"
+
+
+TENSOR = _Tensor()
+
+
+def square(value: Any) -> int | None:
+    """A torch module's size setting as one int, where it is square (`3` or `(3, 3)`); else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1] and isinstance(value[0], int):
+        return int(value[0])
+    return None
+
+
 class Op:
     """One primitive op. Subclasses set the class attributes they need and override the rules."""
 
@@ -118,6 +137,12 @@ class Op:
     example_before: ClassVar[tuple[dict[str, Any], ...]] = ()  # layers the example needs just before it
     example_logits: ClassVar[bool] = False  # its last input is one logit per branch and channel (n*C, 1, 1)
     input_rank: ClassVar[int] = 3  # the rank of the input the example needs: 3 (C, H, W) or 1 (features)
+    # What `resnetc import` recognises the op from (the importer compares no op names): the exact classes of
+    # torch modules (`module.qualname`, subclasses are not matched: they may compute something else), and the
+    # functions and tensor methods of a traced forward (`_operator.add`, `torch.flatten`, `Tensor.add`).
+    torch_classes: ClassVar[tuple[str, ...]] = ()
+    torch_functions: ClassVar[tuple[str, ...]] = ()
+    residual_sum: ClassVar[bool] = False  # a residual connection ends in it: the importer finds shortcuts at its inputs
 
     @property
     def name(self) -> str:
@@ -209,6 +234,23 @@ class Op:
         """The class (named `torch_helper_name`) that the generated module defines when torch has no module
         for the op: the generated code imports only torch."""
         return None
+
+    # ---- import (`resnetc import`) ---------------------------------------------------------------
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        """The spec fields (non-default ones only) of a torch module of one of `torch_classes`, or None where
+        its settings are not this op's (read by attribute: the ops never import torch)."""
+        return {}
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The spec fields of a call of one of `torch_functions` (tensor arguments appear as `TENSOR`), or None
+        where its arguments are not this op's."""
+        return {} if not kwargs and all(arg is TENSOR for arg in args) else None
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        """Whether the op computes its input itself at these settings, in training too (an identity, a drop
+        rate of 0): the importer may leave such a layer out, or match a library layer to nothing."""
+        return False
 
     # ---- ONNX ------------------------------------------------------------------------------------
 

@@ -10,7 +10,19 @@ from pydantic import Field
 from resnetc.core import expr as expressions
 from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
+from resnetc.ops.base import (
+    Attrs,
+    Inferred,
+    OnnxGraph,
+    Op,
+    Shape,
+    ShapeError,
+    TorchHelper,
+    image,
+    positive,
+    square,
+    window,
+)
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
@@ -52,6 +64,25 @@ class Conv(Op):
     is_convolution = True
     torch_init = ("nn.Conv2d", ('nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")',))
     example: ClassVar[dict[str, Any]] = {"out": 4, "kernel": 3, "stride": 2, "bias": True}
+    torch_classes = ("torch.nn.modules.conv.Conv2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        kernel, stride, dilation = (square(getattr(module, key)) for key in ("kernel_size", "stride", "dilation"))
+        padding = square(module.padding)
+        if None in (kernel, stride, dilation, padding) or module.padding_mode != "zeros":
+            return None
+        found: dict[str, Any] = {"out": module.out_channels, "kernel": kernel}
+        if stride != 1:
+            found["stride"] = stride
+        if padding != dilation * (kernel - 1) // 2:  # type: ignore[operator]
+            found["padding"] = padding
+        if module.groups != 1:
+            found["groups"] = module.groups
+        if dilation != 1:
+            found["dilation"] = dilation
+        if module.bias is not None:
+            found["bias"] = True
+        return found
 
     def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
         return attrs["out"]

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, positive
+from resnetc.ops.base import TENSOR, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, positive
 from resnetc.ops.conv import fan_in_uniform
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
@@ -34,6 +34,16 @@ class Flatten(Op):
     placement_rule = HEAD_ONLY
     torch_member = False  # torchvision calls torch.flatten in forward
     aliases_input = True  # a view of its input
+    torch_classes = ("torch.nn.modules.flatten.Flatten",)
+    torch_functions = ("torch.flatten", "Tensor.flatten")
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        return {} if (module.start_dim, module.end_dim) == (1, -1) else None
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        given = dict(zip(("input", "start_dim", "end_dim"), args, strict=False)) | kwargs
+        ok = given.get("input") is TENSOR and given.get("start_dim") == 1 and given.get("end_dim", -1) == -1
+        return {} if ok and len(given) <= 3 else None
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         return Inferred(shape=(prod(shapes[0]),))
@@ -64,6 +74,11 @@ class Linear(Op):
     placement_rule = HEAD_ONLY
     counts_as_layer = True
     input_rank = 1  # its input size is the flattened size, which the backend reads from the shape
+    torch_classes = ("torch.nn.modules.linear.Linear", "timm.layers.linear.Linear")  # timm's: F.linear, the same
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        return {"out": module.out_features} | ({} if module.bias is not None else {"bias": False})
+
     example: ClassVar[dict[str, Any]] = {"out": 5}
 
     def channels(self, attrs: dict[str, Any], inputs: list[Expr]) -> Expr:
@@ -103,6 +118,13 @@ class Dropout(Op):
     doc = "zeroes elements with probability p in training (`nn.Dropout`); the identity in eval and in ONNX"
     aliases_input = True  # in eval mode it returns its input itself
     example: ClassVar[dict[str, Any]] = {"p": 0.2}
+    torch_classes = ("torch.nn.modules.dropout.Dropout",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        return {} if module.p == 0.5 else {"p": float(module.p)}
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return attrs.get("p") == 0.0
 
     def torch_module(self, layer: LayerIR, channels: Expr, inplace: bool) -> str:
         return f"nn.Dropout(p={source.literal(float(layer.attrs['p']))})"

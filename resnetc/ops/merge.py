@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from resnetc.ops.base import BLOCK, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.base import BLOCK, TENSOR, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
 from resnetc.ops.fields import IntExpr, LayerFields, MergeFields, Reference
 from resnetc.ops.registry import register
 
@@ -28,6 +28,12 @@ class Add(Op):
     doc = "element-wise sum of two or more values of one shape: the residual connection (ONNX `Add`/`Sum`)"
     arity = None
     placement = MERGING
+    torch_functions = ("_operator.add", "_operator.iadd", "torch.add", "Tensor.add", "Tensor.add_")
+    residual_sum = True
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        return {} if args == (TENSOR, TENSOR) and not kwargs else None
+
     placement_rule = MERGE_RULE
     torch_member = False  # torchvision adds in forward
 
@@ -58,6 +64,10 @@ class Mul(Op):
     placement = MERGING
     placement_rule = MERGE_RULE
     torch_member = False
+    torch_functions = ("_operator.mul", "_operator.imul", "torch.mul", "Tensor.mul", "Tensor.mul_")
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        return {} if args == (TENSOR, TENSOR) and not kwargs else None
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         first, second = shapes
@@ -86,6 +96,13 @@ class Concat(Op):
     placement = MERGING
     placement_rule = MERGE_RULE
     torch_member = False
+    torch_functions = ("torch.cat", "torch.concat")
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        given = dict(zip(("tensors", "dim"), args, strict=False)) | kwargs
+        tensors = given.get("tensors")
+        ok = isinstance(tensors, (list, tuple)) and all(t is TENSOR for t in tensors) and given.get("dim") == 1
+        return {} if ok and len(given) == 2 else None
 
     def channels(self, attrs: dict[str, Any], inputs: list[Any]) -> Any:
         from resnetc.core.expr import BinOp, fold

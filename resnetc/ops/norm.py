@@ -32,6 +32,17 @@ class BatchNorm(Op):
     folds_into_convolution = True
     torch_init = ("nn.BatchNorm2d", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))
     example: ClassVar[dict[str, Any]] = {"eps": 0.001}
+    torch_classes = ("torch.nn.modules.batchnorm.BatchNorm2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if not (module.affine and module.track_running_stats) or module.momentum is None:
+            return None
+        found: dict[str, Any] = {}
+        if module.eps != 1e-5:
+            found["eps"] = float(module.eps)
+        if module.momentum != 0.1:
+            found["momentum"] = float(module.momentum)
+        return found
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, _, _ = image(shapes, "batchnorm")
@@ -86,6 +97,17 @@ class GroupNorm(Op):
     has_weights = True
     torch_init = ("nn.GroupNorm", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))
     example: ClassVar[dict[str, Any]] = {"groups": 2}
+    torch_classes = ("torch.nn.modules.normalization.GroupNorm", "timm.layers.norm.GroupNorm")
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if not module.affine or getattr(module, "_fast_norm", False):  # timm's: F.group_norm unless fast_norm
+            return None
+        found: dict[str, Any] = {}
+        if module.num_groups != 32:
+            found["groups"] = module.num_groups
+        if module.eps != 1e-5:
+            found["eps"] = float(module.eps)
+        return found
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, _, _ = image(shapes, "groupnorm")

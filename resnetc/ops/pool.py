@@ -10,7 +10,20 @@ from pydantic import Field
 from resnetc.core.errors import SpecError
 from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive, window
+from resnetc.ops.base import (
+    TENSOR,
+    Attrs,
+    Inferred,
+    OnnxGraph,
+    Op,
+    Shape,
+    ShapeError,
+    TorchHelper,
+    image,
+    positive,
+    square,
+    window,
+)
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
@@ -40,6 +53,9 @@ class _WindowPool(Op):
 
     def defaults(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return attrs if attrs["stride"] is not None else {**attrs, "stride": attrs["kernel"]}  # as PyTorch's
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return attrs.get("kernel") == 1 and attrs.get("stride") in (None, 1) and attrs.get("padding", 0) == 0
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, self.name)
@@ -90,6 +106,12 @@ class MaxPool(_WindowPool):
     doc = "maximum over square windows (`nn.MaxPool2d`, ONNX `MaxPool`)"
     torch_class, onnx_type = "nn.MaxPool2d", "MaxPool"
     example: ClassVar[dict[str, Any]] = {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+    torch_classes = ("torch.nn.modules.pooling.MaxPool2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if square(module.dilation) != 1 or module.return_indices:
+            return None
+        return _window_fields(module, {})
 
 
 @register
@@ -98,6 +120,28 @@ class AvgPool(_WindowPool):
     doc = "mean over square windows (`nn.AvgPool2d`, ONNX `AveragePool`)"
     torch_class, onnx_type = "nn.AvgPool2d", "AveragePool"
     example: ClassVar[dict[str, Any]] = {"kernel": 2, "stride": 2, "ceil_mode": True, "count_include_pad": False}
+    torch_classes = ("torch.nn.modules.pooling.AvgPool2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if module.divisor_override is not None:
+            return None
+        return _window_fields(module, {} if module.count_include_pad else {"count_include_pad": False})
+
+
+def _window_fields(module: Any, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """A torch pooling module's kernel, stride, padding and ceil_mode as spec fields (defaults left out)."""
+    kernel, padding = square(module.kernel_size), square(module.padding)
+    stride = square(module.stride or module.kernel_size)
+    if None in (kernel, stride, padding):
+        return None
+    found: dict[str, Any] = {"kernel": kernel}
+    if stride != kernel:
+        found["stride"] = stride
+    if padding:
+        found["padding"] = padding
+    if module.ceil_mode:
+        found["ceil_mode"] = True
+    return found | extra
 
 
 class GlobalAvgPoolFields(LayerFields):
@@ -108,6 +152,18 @@ class GlobalAvgPoolFields(LayerFields):
 class GlobalAvgPool(Op):
     fields = GlobalAvgPoolFields
     doc = "mean over height and width, to (C, 1, 1) (`nn.AdaptiveAvgPool2d((1, 1))`, ONNX `GlobalAveragePool`)"
+    torch_classes = ("torch.nn.modules.pooling.AdaptiveAvgPool2d",)
+    torch_functions = ("Tensor.mean", "torch.mean")
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        return {} if square(module.output_size) == 1 else None
+
+    def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        given = dict(zip(("input", "dim", "keepdim"), args, strict=False)) | kwargs
+        dims = given.get("dim")
+        spatial = isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
+        ok = given.get("input") is TENSOR and spatial and given.get("keepdim") is True and len(given) == 3
+        return {} if ok else None
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, _, _ = image(shapes, "global_avg_pool")
@@ -134,6 +190,11 @@ class AdaptiveAvgPool(Op):
         "`AveragePool` where the input is a multiple of `size` (the identity where equal), else refused (E406)"
     )
     example: ClassVar[dict[str, Any]] = {"size": 1}
+    torch_classes = ("torch.nn.modules.pooling.AdaptiveAvgPool2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        size = square(module.output_size)
+        return None if size is None else {"size": size}
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, "adaptive_avg_pool")
@@ -188,6 +249,17 @@ class BlurPool(Op):
     )
     torch_helper_name = "BlurPool2d"
     example: ClassVar[dict[str, Any]] = {"stride": 2}
+    torch_classes = ("timm.layers.blur_pool.BlurPool2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if module.pad_mode != "reflect" or module.stride < 2:  # timm blurs at stride 1 too; this op is the identity
+            return None
+        return ({} if module.stride == 2 else {"stride": module.stride}) | (
+            {} if module.filt_size == 3 else {"filter": module.filt_size}
+        )
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return attrs.get("stride") == 1
 
     def returns_input(self, attrs: dict[str, Any]) -> bool:
         stride = attrs["stride"]
@@ -269,6 +341,13 @@ class Pad(Op):
     fields = PadFields
     doc = "constant padding on every side of the map (`nn.ConstantPad2d`, ONNX `Pad`), as BiT's stem pads its pool"
     example: ClassVar[dict[str, Any]] = {"padding": 1}
+    torch_classes = ("torch.nn.modules.padding.ConstantPad2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        sides = set(module.padding) if isinstance(module.padding, (tuple, list)) else {module.padding}
+        if len(sides) != 1:
+            return None
+        return {"padding": sides.pop()} | ({"value": float(module.value)} if module.value else {})
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, height, width = image(shapes, "pad")

@@ -29,6 +29,16 @@ class DropPath(Op):
     aliases_input = True  # in eval mode it returns its input itself
     torch_helper_name = "DropPath"
     example: ClassVar[dict[str, Any]] = {"rate": 0.25}
+    torch_classes = ("timm.layers.drop.DropPath",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        if not getattr(module, "scale_by_keep", True):
+            return None
+        rate = float(module.drop_prob)
+        return {"rate": rate} if rate else {}
+
+    def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return attrs.get("rate", 0.0) == 0.0
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         rate = attrs["rate"]

@@ -120,6 +120,17 @@ class Submodule(Op):
         "an attention module; `args` may be expressions over the enclosing block's parameters"
     )
     expansion = Expansion.INSTANCE
+    # Modules whose forward reshapes (which no op is recognised from) but which a library block computes exactly.
+    torch_classes = ("timm.layers.eca.EcaModule",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        """timm's EcaModule (no MLP, no activation, a sigmoid gate) is the library's `timm_eca`."""
+        conv = module.conv
+        kernel = conv.kernel_size[0]
+        plain = module.act is None and getattr(module, "conv2", None) is None and conv.bias is None
+        if not plain or type(module.gate).__name__ != "Sigmoid" or conv.padding[0] != (kernel - 1) // 2:
+            return None
+        return {"block": "timm_eca", "args": {"kernel": kernel}}
 
     @property
     def wiring_fields(self) -> tuple[str, ...]:

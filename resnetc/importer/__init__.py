@@ -1,0 +1,35 @@
+"""`resnetc import`: a model in (a torch module, `torchvision:NAME`, `timm:NAME`, `package.module:callable`), a
+readable spec and its weights out, proven equal before anything is returned.
+
+torch, torchvision and timm are imported lazily, by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from resnetc.importer.errors import ImportRefused
+from resnetc.importer.sources import Source, module_name, parse_args, resolve
+
+__all__ = ["ImportRefused", "Source", "import_source", "module_name", "parse_args", "resolve"]
+
+
+def import_source(
+    module_or_source: Any, *, name: str | None = None, args: dict[str, Any] | None = None
+) -> tuple[str, dict[str, np.ndarray], str]:
+    """Spec text, weights and the outputs' stem for a source string or a torch module."""
+    from resnetc.importer.build import import_torch
+
+    if isinstance(module_or_source, str):
+        source = resolve(module_or_source, args)
+    else:
+        if args:
+            raise ImportRefused("args apply to a source that builds the model (timm:, torchvision:, module:callable)")
+        source = Source(
+            module_or_source, type(module_or_source).__name__.lower(), described=type(module_or_source).__name__
+        )
+    stem = module_name(name) if name else module_name(source.name)
+    text, weights = import_torch(source, stem)
+    return text, weights, stem

@@ -1,0 +1,11 @@
+"""The importer's refusal: a model, or a part of one, that resnetc's ops cannot express exactly."""
+
+from __future__ import annotations
+
+from resnetc.core.errors import ResnetcError
+
+
+class ImportRefused(ResnetcError):
+    """A source model that cannot be imported exactly: the first module (path and class) or call that no
+    registered op expresses, a structure the spec format cannot say, or an import whose proof failed.
+    Nothing is written."""
