@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from resnetc.core.errors import Location, SpecError, UsageError
+from resnetc.core.errors import Location, SpecError, UsageError, WeightsError
 from resnetc.core.ir import Model
 from resnetc.core.options import Options, out_folder
 from resnetc.frontend.check import check
@@ -183,6 +183,28 @@ def _weights(
     return matched.arrays, origin, matched.reinitialised
 
 
+def _trained_preprocessing(model: Model, weights: WeightsLike) -> tuple[Model, str]:
+    """The model with the preprocessing its weights were trained with (`resnetc train` records scale, mean and
+    std in the safetensors metadata) in place of the spec's, and a notice saying so; unchanged otherwise."""
+    from resnetc.weights.files import training_preprocessing
+
+    if not isinstance(weights, (str, Path)):
+        return model, ""
+    found = training_preprocessing(weights)
+    if found is None:
+        return model, ""
+    channels, trained = model.input_shape[0], len(found["mean"])  # type: ignore[arg-type]
+    if trained != channels:
+        raise WeightsError(
+            f"{weights}: trained on {trained}-channel images (its metadata's mean and std), "
+            f"but the model takes {channels} channels"
+        )
+    values = ", ".join(f"{key} {value}" for key, value in found.items())
+    instead = ", in place of the spec's" if model.preprocessing else ""
+    merged = {**(model.preprocessing or {}), **found}
+    return replace(model, preprocessing=merged), f"; preprocessing from the weights' training{instead} ({values})"
+
+
 def build_onnx(
     spec: SpecLike,
     weights: WeightsLike = None,
@@ -244,6 +266,8 @@ def _onnx(model: Model, options: Options) -> OnnxResult:
     # The weights, then the model or its external data buffer: two copies at the peak (measured 1.98x).
     refuse_unallocatable(model.graph, 2, "building the ONNX model")
     arrays, origin, _ = _weights(model, options.weights, options.seed, options.reinit, options.strip_prefix)
+    model, notice = _trained_preprocessing(model, options.weights)
+    origin += notice
     symbols = None if options.static_shape else spatial_symbols(model)
     model, arrays, reports = passes.run(model, arrays, options)
     origin += "".join(f"; {report}" for report in reports)

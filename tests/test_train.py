@@ -260,3 +260,34 @@ def test_any_spec_trains_and_probes(spec, tmp_path) -> None:
     model.load_state_dict(load_file(tmp_path / f"{stem}.safetensors"), strict=True)
     result = probe(path, batch=4, input_size=(32, 32))
     assert len(result.layers) >= 30 and all(math.isfinite(layer.grad_norm) for layer in result.layers)
+
+
+def test_preprocessing_travels_with_trained_weights(data, trained, tmp_path, capsys) -> None:
+    """`train` records the scale, mean and std it normalised with (and the class count and input) in the
+    safetensors metadata; `compile --weights` puts them in the ONNX metadata in place of the spec's, and says
+    so. Before, a served model got raw pixels unless the user dug the numbers out of the log."""
+    import onnx
+
+    from resnetc.weights.files import training_preprocessing
+
+    dataset = read_dataset(data)
+    weights = trained / "resnet20.safetensors"
+    recorded = training_preprocessing(weights)
+    assert recorded == {"scale": 1 / 255, "mean": list(dataset.mean), "std": list(dataset.std)}
+    from safetensors import safe_open
+
+    with safe_open(weights, "np") as handle:
+        provenance = json.loads(handle.metadata()["resnetc"])
+    assert provenance["num_classes"] == 10 and provenance["input"] == [1, 8, 8]
+    flags = ["--num-classes", "10", "--in-channels", "1", "--out", str(tmp_path)]
+    assert main(["compile", SPEC, "--target", "onnx", "--weights", str(weights), *flags]) == 0
+    assert "preprocessing from the weights' training" in capsys.readouterr().out
+    metadata = {item.key: item.value for item in onnx.load(tmp_path / "resnet20.onnx").metadata_props}
+    assert metadata["resnetc.preprocessing.mean"] == ",".join(repr(value) for value in dataset.mean)
+    assert metadata["resnetc.preprocessing.std"] == ",".join(repr(value) for value in dataset.std)
+    assert float(metadata["resnetc.preprocessing.scale"]) == pytest.approx(1 / 255)
+    # A model that takes another channel count than the training images had (its first layer reinitialised for
+    # 3 channels) is refused, not labelled with a 1-channel mean and std.
+    argv = ["compile", SPEC, "--target", "onnx", "--weights", str(weights), "--reinit", "conv1", "--num-classes", "10"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "trained on 1-channel images" in capsys.readouterr().err

@@ -106,3 +106,28 @@ def test_torch_files_by_their_own_structure(tmp_path) -> None:
     (tmp_path / "marker.bin").write_bytes(b"\x80\x00not a pickle at all")
     with pytest.raises(WeightsError, match="not a weights file"):
         read_weights(tmp_path / "marker.bin")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [
+        ({"epochs": 3}, None),  # trained before the preprocessing was recorded
+        ({"preprocessing": {"scale": 0.5, "mean": [0.1], "std": [0.2]}}, {"scale": 0.5, "mean": [0.1], "std": [0.2]}),
+        ({"preprocessing": {"scale": 0.5, "mean": [0.1], "std": [0.0]}}, "not positive and finite"),
+        ({"preprocessing": {"scale": 1, "mean": [0.1, 0.2], "std": [0.2]}}, "different lengths"),
+        ({"preprocessing": {"scale": "x", "mean": [0.1], "std": [0.2]}}, "other than numbers"),
+        ({"preprocessing": [1, 2]}, "not a mapping"),
+    ],
+)
+def test_training_preprocessing_is_read_checked(recorded, expected, tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    from resnetc.weights.files import training_preprocessing
+
+    path = tmp_path / "trained.safetensors"
+    save_file({"w": np.zeros(2, np.float32)}, str(path), metadata={"resnetc": json.dumps(recorded)})
+    if isinstance(expected, str):
+        with pytest.raises(WeightsError, match=expected):
+            training_preprocessing(path)
+    else:
+        assert training_preprocessing(path) == expected

@@ -38,6 +38,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1] (uint8) or as given
     std: tuple[float, ...]
     num_classes: int  # the largest label + 1, over both splits
+    scale: float = 1.0  # what the stored pixels were multiplied by before the mean and std: 1/255 for uint8
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -102,7 +103,8 @@ def _array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
         raise UsageError(f"{path}: {key} is not a plain array of numbers (pickled objects are refused)") from None
 
 
-def _split(archive: np.lib.npyio.NpzFile, path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+def _split(archive: np.lib.npyio.NpzFile, path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Images as float32 (uint8 ones scaled to [0, 1]), labels as int64, and the scale applied."""
     images, labels = _array(archive, path, f"x_{suffix}"), _array(archive, path, f"y_{suffix}")
     if images.ndim != 4 or 0 in images.shape:
         raise UsageError(f"{path}: x_{suffix} has shape {list(images.shape)}; it must be (N, C, H, W) with N >= 1")
@@ -121,10 +123,11 @@ def _split(archive: np.lib.npyio.NpzFile, path: Path, suffix: str) -> tuple[np.n
             f"{path}: y_{suffix} holds the label {wrong}; labels are 0, 1, ..., classes - 1 "
             f"(at most {MAX_CLASSES:,} classes)"
         )
+    scale = 1 / 255 if images.dtype == np.uint8 else 1.0
     scaled = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images.astype(np.float32)
     if not np.all(np.isfinite(scaled)):
         raise UsageError(f"{path}: x_{suffix} holds NaN or infinite values (or values too large for float32)")
-    return scaled, labels.astype(np.int64)
+    return scaled, labels.astype(np.int64), scale
 
 
 def read_dataset(path: str | Path) -> Dataset:
@@ -138,8 +141,8 @@ def read_dataset(path: str | Path) -> Dataset:
                 f"{path}: holds {', '.join(sorted(present)) or 'no arrays'}; a dataset holds x_train and y_train, "
                 "and optionally x_test with y_test"
             )
-        x_train, y_train = _split(archive, path, "train")
-        x_test, y_test = _split(archive, path, "test") if "x_test" in present else (None, None)
+        x_train, y_train, scale = _split(archive, path, "train")
+        x_test, y_test, _ = _split(archive, path, "test") if "x_test" in present else (None, None, None)
     if x_test is not None and x_test.shape[1:] != x_train.shape[1:]:
         raise UsageError(f"{path}: x_test images are {list(x_test.shape[1:])}, x_train's {list(x_train.shape[1:])}")
     mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
@@ -156,6 +159,7 @@ def read_dataset(path: str | Path) -> Dataset:
         mean=tuple(float(value) for value in mean),
         std=tuple(float(value) for value in std),
         num_classes=classes,
+        scale=scale,
     )
 
 

@@ -141,6 +141,11 @@ def train(
             "epochs": recipe.epochs,
             "overrides": overrides,
             "normalisation": {"mean": dataset.mean, "std": dataset.std},
+            # What a served model needs to feed it as it was trained (compile --weights puts it in the ONNX
+            # metadata as resnetc.preprocessing.*): the spec's preprocessing keys, and the model's input.
+            "preprocessing": {"scale": dataset.scale, "mean": list(dataset.mean), "std": list(dataset.std)},
+            "num_classes": fitted.spec.num_classes,
+            "input": list(fitted.spec.input),
         }
         metadata = {"resnetc": json.dumps(provenance, sort_keys=True)}
         write_all_atomic(

@@ -250,3 +250,43 @@ def read_weights(path: str | Path, budget: int | None = None) -> dict[str, objec
     if _kind(path, size) == "safetensors":
         return _read_safetensors(path, size, budget)
     return _read_torch(path, budget)
+
+
+def training_preprocessing(path: str | Path) -> dict[str, object] | None:
+    """The preprocessing `resnetc train` recorded in a safetensors file's metadata (`resnetc` entry:
+    `{"preprocessing": {"scale", "mean", "std"}, "input": [C, H, W], "num_classes": K}`), checked, or None for a
+    file without it (a torch file, another tool's safetensors). Malformed entries are a WeightsError."""
+    path = hub_file(path) if isinstance(path, str) and path.startswith(HUB_PREFIX) else Path(path)
+    size = _check_path(path)
+    if _kind(path, size) != "safetensors":
+        return None
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return None  # read_weights says what is wrong with it
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    record = metadata.get("resnetc") if isinstance(metadata, dict) else None
+    if not isinstance(record, str):
+        return None
+    try:
+        recorded = json.loads(record)
+    except (json.JSONDecodeError, RecursionError):
+        raise WeightsError(f"{path}: its resnetc metadata is not JSON") from None
+    found = recorded.get("preprocessing") if isinstance(recorded, dict) else None
+    if found is None:
+        return None  # weights trained before resnetc recorded it
+    problem = "is not a mapping of scale, mean and std" if not isinstance(found, dict) else None
+    if problem is None:
+        scale, mean, std = found.get("scale"), found.get("mean"), found.get("std")
+        numbers = [scale, *(mean if isinstance(mean, list) else [None]), *(std if isinstance(std, list) else [None])]
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in numbers):
+            problem = "holds something other than numbers"
+        elif not all(math.isfinite(value) for value in numbers) or scale <= 0 or min(std) <= 0:
+            problem = "holds a scale or std that is not positive and finite"
+        elif len(mean) != len(std) or not 1 <= len(mean) <= 64:
+            problem = "has mean and std of different lengths"
+    if problem is not None:
+        raise WeightsError(f"{path}: the preprocessing in its resnetc metadata {problem}")
+    return {"scale": float(scale), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
