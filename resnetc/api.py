@@ -389,7 +389,8 @@ def compile_spec(
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
             from resnetc.backends.onnx.triton import config
 
-            outputs[out_dir / loaded.stem / "config.pbtxt"] = config(model, loaded.stem, static_shape).encode("utf-8")
+            served = _trained_preprocessing(model, options.weights)[0]  # what the ONNX metadata says too
+            outputs[out_dir / loaded.stem / "config.pbtxt"] = config(served, loaded.stem, static_shape).encode("utf-8")
             outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()
             if built.data is not None:
                 outputs[out_dir / loaded.stem / "1" / f"{loaded.stem}.onnx.data"] = built.data

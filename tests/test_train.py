@@ -286,6 +286,13 @@ def test_preprocessing_travels_with_trained_weights(data, trained, tmp_path, cap
     assert metadata["resnetc.preprocessing.mean"] == ",".join(repr(value) for value in dataset.mean)
     assert metadata["resnetc.preprocessing.std"] == ",".join(repr(value) for value in dataset.std)
     assert float(metadata["resnetc.preprocessing.scale"]) == pytest.approx(1 / 255)
+    # and in a Triton repository's configuration, as parameters under the same keys
+    assert main(["compile", SPEC, "--target", "triton", "--weights", str(weights), *flags]) == 0
+    config = (tmp_path / "resnet20" / "config.pbtxt").read_text()
+    assert (
+        f'key: "resnetc.preprocessing.mean" value: {{ string_value: "{metadata["resnetc.preprocessing.mean"]}" }}'
+        in config
+    )
     # A model that takes another channel count than the training images had (its first layer reinitialised for
     # 3 channels) is refused, not labelled with a 1-channel mean and std.
     argv = ["compile", SPEC, "--target", "onnx", "--weights", str(weights), "--reinit", "conv1", "--num-classes", "10"]

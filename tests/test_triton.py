@@ -57,6 +57,10 @@ def test_repository_config_is_triton_valid_and_matches_the_model(spec: str, stat
             assert list(item.dims) == _onnx_dims(value)[1:]  # Triton's dims leave out the batch
     batch = np.zeros((2, 3, 224, 224), np.float32)
     assert cpu_session(model).run(None, {"input": batch})[0].shape[0] == 2
+    # The preprocessing the model expects, as Triton parameters under the ONNX metadata's keys and values.
+    metadata = {item.key: item.value for item in model.metadata_props if item.key.startswith("resnetc.preprocessing.")}
+    assert {key: value.string_value for key, value in config.parameters.items()} == metadata
+    assert bool(metadata) == (spec == "resnet18")  # resnet18 carries torchvision's; the backbone spec none
 
 
 def test_triton_target_refuses_a_fixed_batch(tmp_path, capsys) -> None:

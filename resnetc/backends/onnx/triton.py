@@ -2,11 +2,13 @@
 
 The configuration is text format of Triton's ModelConfig, written from the IR: the onnxruntime backend,
 the input and output names, types and dimensions (without the batch, which `max_batch_size` covers), and
-dynamic batching. Spatial sizes are -1 (any) unless the graph is static.
+dynamic batching. Spatial sizes are -1 (any) unless the graph is static. The preprocessing the model expects
+(the spec's, or the one its trained weights record) is in `parameters`, under the ONNX metadata's keys.
 """
 
 from __future__ import annotations
 
+from resnetc.backends.onnx.graph import preprocessing_metadata
 from resnetc.core.ir import Model
 
 DEFAULT_MAX_BATCH = 64
@@ -42,5 +44,9 @@ def config(model: Model, stem: str, static: bool, max_batch_size: int = DEFAULT_
         lines += _tensor(name, dims)
         if index < len(outputs) - 1:
             lines[-1] += ","
-    lines += ["]", "dynamic_batching { }", ""]
+    lines += ["]", "dynamic_batching { }"]
+    for key, value in preprocessing_metadata(model).items():  # strings: Triton's parameters hold strings
+        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+        lines += [f'parameters {{ key: "{key}" value: {{ string_value: "{quoted}" }} }}']
+    lines.append("")
     return "\n".join(lines)
