@@ -132,18 +132,10 @@ def build(
 
 
 def _module(model: Model, zero_init_residual: bool | None = None) -> torch.nn.Module:
-    import importlib.util
-    import tempfile
+    from resnetc.backends.torch.loading import model_class
 
-    with tempfile.TemporaryDirectory(prefix="resnetc-build-") as folder:
-        path = Path(folder) / f"{model.stem}.py"
-        path.write_text(to_source(model), encoding="utf-8")
-        module_spec = importlib.util.spec_from_file_location(f"resnetc_built.{model.stem}", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # our own rendered, audited source
     options = {} if zero_init_residual is None else {"zero_init_residual": bool(zero_init_residual)}
-    return getattr(module, module.__all__[0])(**options)
+    return model_class(model)(**options)
 
 
 @dataclass(frozen=True)

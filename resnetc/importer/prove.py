@@ -3,9 +3,6 @@ and gives the source's outputs (eval mode, a seeded input, BatchNorm statistics 
 
 from __future__ import annotations
 
-import importlib.util
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from resnetc.importer.errors import ImportRefused
@@ -15,20 +12,12 @@ TOLERANCE = 1e-5  # relative to the output's largest magnitude; PyTorch sources 
 
 def build_from_text(text: str, stem: str) -> Any:
     """The spec text's PyTorch module, built as `resnetc.build` builds it (from the generated source)."""
-    from resnetc.backends.torch.source import render
+    from resnetc.backends.torch.loading import model_class
     from resnetc.frontend.check import check
     from resnetc.frontend.load import load_spec_text
     from resnetc.lowering.lower import lower
 
-    model = lower(check(load_spec_text(text, f"{stem}.yaml")))
-    with tempfile.TemporaryDirectory(prefix="resnetc-import-") as folder:
-        path = Path(folder) / f"{model.stem}.py"
-        path.write_text(render(model), encoding="utf-8")
-        module_spec = importlib.util.spec_from_file_location(f"resnetc_imported.{model.stem}", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # our own rendered source
-    return getattr(module, module.__all__[0])()
+    return model_class(lower(check(load_spec_text(text, f"{stem}.yaml"))))()
 
 
 def perturbed(source: Any) -> Any:

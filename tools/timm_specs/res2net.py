@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools.timm_specs.common import OUT, ROOT, WIDTHS, captured_arguments, flow, header, timm_facts
-from tools.timm_specs.resnet import _stem
+from tools.timm_specs.common import OUT, ROOT, WIDTHS, captured_arguments
+from tools.timm_specs.resnet import layout_text
 
 LIBRARY = ROOT / "resnetc" / "library" / "timm_res2net.yaml"
 KNOWN_ARGS = {"block", "layers", "block_args", "base_width", "cardinality", "stem_type", "stem_width", "avg_down"}
@@ -133,7 +133,6 @@ def expressible(kwargs: dict[str, Any]) -> str | None:
 
 
 def spec_text(name: str, kwargs: dict[str, Any]) -> str:
-    config, params = timm_facts(name)
     scale, groups = _scale(kwargs), kwargs.get("cardinality", 1)
     base, stem = kwargs.get("base_width", 64), kwargs.get("stem_type", "")
     summary = (
@@ -142,25 +141,16 @@ def spec_text(name: str, kwargs: dict[str, Any]) -> str:
         + (f", {stem} stem of width {kwargs.get('stem_width', 64)}" if stem else "")
         + (", average-pool downsampling" if kwargs.get("avg_down") else "")
     )
-    lines = header(name, summary, config, params, "timm_avg_down" if kwargs.get("avg_down") else None, "Res2Net")
-    if kwargs.get("zero_init_last", True):
-        lines.append("zero_init_residual: true  # timm: zero_init_last, each block's last norm starts at zero")
-    lines += ["layers:", *_stem(kwargs)]
-    blocks = f"block: {block_name(scale)}, first_block: {block_name(scale, first=True)}"
-    for index, (repeat, width) in enumerate(zip(kwargs["layers"], WIDTHS, strict=True)):
+    stages: list[dict[str, object]] = []
+    for width in WIDTHS:
         args: dict[str, object] = {"width": width}
         if groups != 1:
             args["groups"] = groups
         if base != BASE_WIDTH:
             args["base_width"] = base
-        stride = "" if index == 0 else ", stride: 2"
-        lines.append(f"  layer{index + 1}: {{op: stage, {blocks}, repeat: {repeat}, args: {flow(args)}{stride}}}")
-    lines += [
-        "  global_pool: {op: global_avg_pool}",
-        "  flatten: {op: flatten}",
-        "  fc: {op: linear, out: num_classes}",
-    ]
-    return "\n".join(lines) + "\n"
+        stages.append(args)
+    first = block_name(scale, first=True)
+    return layout_text(name, kwargs, summary, block_name(scale), stages, kind="Res2Net", first_block=first)
 
 
 def specs() -> tuple[dict, dict[str, str]]:

@@ -153,20 +153,32 @@ def _zero_init(kwargs: dict[str, Any]) -> list[str]:
     return []
 
 
-def layout_text(name: str, kwargs: dict[str, Any], summary: str, block: str, stages: list[dict[str, object]]) -> str:
+def layout_text(
+    name: str,
+    kwargs: dict[str, Any],
+    summary: str,
+    block: str,
+    stages: list[dict[str, object]],
+    kind: str = "",
+    first_block: str | None = None,
+) -> str:
     """A spec in timm's ResNet layout (stem, four stages of `block`, average pool, classifier) whose stage `i`
-    gets `stages[i]` as its blocks' arguments; the stem and the projection come from timm's arguments. resnet.py,
-    resnest.py and sknet.py models share it."""
+    gets `stages[i]` as its blocks' arguments, and `first_block` as each stage's first block where given; the
+    stem and the projection come from timm's arguments. resnet.py, resnest.py, sknet.py and res2net.py models
+    share it; `kind` names the family in the header's comment."""
     config, params = timm_facts(name)
+    blocks = block + (f", first_block: {first_block}" if first_block else "")
     lines = [
-        *header(name, summary, config, params, _projection(kwargs)),
+        *header(name, summary, config, params, _projection(kwargs), kind),
         *_zero_init(kwargs),
         "layers:",
         *_stem(kwargs),
     ]
     for index, (repeat, args) in enumerate(zip(kwargs["layers"], stages, strict=True)):
         stride = "" if index == 0 else ", stride: 2"
-        lines.append(f"  layer{index + 1}: {{op: stage, block: {block}, repeat: {repeat}, args: {flow(args)}{stride}}}")
+        lines.append(
+            f"  layer{index + 1}: {{op: stage, block: {blocks}, repeat: {repeat}, args: {flow(args)}{stride}}}"
+        )
     lines += [
         "  global_pool: {op: global_avg_pool}",
         "  flatten: {op: flatten}",
