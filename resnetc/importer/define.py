@@ -325,7 +325,7 @@ def own_block(group: list[Inst], blocks: dict[str, dict[str, Any]], seeds: list[
         layers[name] = {"op": layer.op, "fields": fields, "inputs": layer.inputs, "module": layer.module}
     if first.output != list(first.layers)[-1]:
         raise ImportRefused(f"cannot import '{first.path}': it returns a value other than its last layer's")
-    return {"params": defaults, "layers": layers, "class": first.module.__class__.__name__}
+    return {"params": defaults, "layers": layers, "class": first.cls.rsplit(".", 1)[-1]}
 
 
 def _expression(values: list[Any], params: dict[str, list[Any]]) -> str | None:

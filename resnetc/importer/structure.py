@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnetc.importer.errors import ImportRefused
-from resnetc.importer.trace import INPUT, class_path, describe, has_state, recognise, trace
+from resnetc.importer.trace import INPUT, Scope, class_path, describe, has_state, recognise, trace
 from resnetc.ops.base import Expansion
 from resnetc.ops.registry import spec_ops
 
@@ -85,6 +85,8 @@ def record_shapes(model: Any, sample: Any) -> tuple[dict[int, tuple[tuple[int, .
 
 
 def is_stage(module: Any) -> bool:
+    if isinstance(module, Scope):
+        return module.stage
     import torch
 
     children = list(module.children())
@@ -97,7 +99,7 @@ def is_stage(module: Any) -> bool:
 
 
 def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0) -> Inst:
-    traced = trace(module, path)
+    traced = module.traced if isinstance(module, Scope) else trace(module, path)
     layers: dict[str, Layer] = {}
     for step in traced.steps:
         if step.child is None:
@@ -111,7 +113,7 @@ def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0) -> I
         if is_stage(step.child):
             blocks = [
                 analyse(block, f"{child_path}.{index}", shapes, depth + 1)
-                for index, block in enumerate(step.child.children())
+                for index, block in enumerate(_children(step.child))
             ]
             layers[step.name] = Layer(STAGE, {}, step.inputs, children=blocks)
         else:
@@ -125,6 +127,12 @@ def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0) -> I
     if depth:
         _find_shortcut(inst, shapes)
     return inst
+
+
+def _children(module: Any) -> list[Any]:
+    if isinstance(module, Scope):
+        return [step.child for step in module.traced.steps]
+    return list(module.children())
 
 
 def library_params(block: str) -> dict[str, Any]:

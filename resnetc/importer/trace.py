@@ -20,6 +20,8 @@ INPUT = "input"
 
 
 def class_path(obj: Any) -> str:
+    if isinstance(obj, Scope):
+        return obj.class_name
     kind = obj if isinstance(obj, type) else type(obj)
     return f"{kind.__module__}.{kind.__qualname__}"
 
@@ -32,7 +34,7 @@ def function_path(target: Any) -> str:
 
 
 def describe(path: str, module: Any) -> str:
-    return f"'{path or '(the model itself)'}' ({type(module).__name__})"
+    return f"'{path or '(the model itself)'}' ({class_path(module).rsplit('.', 1)[-1] or type(module).__name__})"
 
 
 def recognise(module: Any) -> list[Op]:
@@ -62,6 +64,17 @@ class Step:
 class Traced:
     steps: list[Step]
     output: str  # the value the module returns
+
+
+@dataclass(eq=False)  # identity matters: shapes are keyed by id(), as a torch module's are
+class Scope:
+    """A module of a model that is no torch module (a name scope of an ONNX graph), its forward already traced
+    by the source's reader: the structure pass takes it where it would trace a torch module."""
+
+    path: str  # the module path the exporter recorded (`layer1.0`)
+    class_name: str  # the module's qualified class where the source records it, else a name for its role
+    traced: Traced  # its steps: ops and child scopes
+    stage: bool = False  # a container that runs its numbered children one after the other (nn.Sequential)
 
 
 def _tracer(root: Any) -> Any:
