@@ -50,6 +50,8 @@ def test_repository_config_is_triton_valid_and_matches_the_model(spec: str, stat
     model = onnx.load(tmp_path / stem / "1" / "model.onnx")
     assert config.name == stem and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+    # One instance per GPU, or one on the CPU: Triton's KIND_AUTO.
+    assert [(group.count, group.kind) for group in config.instance_group] == [(1, pb2.ModelInstanceGroup.KIND_AUTO)]
     for declared, graph in ((config.input, model.graph.input), (config.output, model.graph.output)):
         assert [item.name for item in declared] == [value.name for value in graph]
         for item, value in zip(declared, graph, strict=True):
