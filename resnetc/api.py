@@ -143,6 +143,13 @@ class OnnxResult:
     proto: onnx.ModelProto
     weights_origin: str  # the weights file, or a note that they are seeded
     data: bytearray | None = None  # the external data file (`<stem>.onnx.data`), where the weights are over 2 GiB
+    # Built to be written (`compile`): the file's bytes as pieces, the weights' straight from their arrays; the
+    # proto's initializers then hold no data.
+    pieces: list[bytes | memoryview] | None = None
+
+    def content(self) -> list[bytes | memoryview] | bytes:
+        """The `.onnx` file's bytes (as pieces where the model was built to be written)."""
+        return self.pieces if self.pieces is not None else self.proto.SerializeToString()
 
 
 def _weights(
@@ -236,8 +243,10 @@ def build_onnx(
     return _onnx(lowered or lower(spec, **overrides), options)  # `lowered`: already lowered by the caller
 
 
-def _onnx(model: Model, options: Options) -> OnnxResult:
-    """The ONNX model of a lowered model under validated options: weights, IR passes, the graph, int8."""
+def _onnx(model: Model, options: Options, to_write: bool = False) -> OnnxResult:
+    """The ONNX model of a lowered model under validated options: weights, IR passes, the graph, int8.
+    `to_write`: the caller writes the file, so its bytes come as pieces (`OnnxResult.pieces`) without copying
+    the weights into the proto (int8 and external data, which need the whole proto, build it as usual)."""
     from resnetc import passes
     from resnetc.backends.onnx.graph import build, external_data, needs_external_data, spatial_symbols
 
@@ -263,6 +272,7 @@ def _onnx(model: Model, options: Options) -> OnnxResult:
     symbols = None if options.static_shape else spatial_symbols(model)
     model, arrays, reports = passes.run(model, arrays, options)
     origin += "".join(f"; {report}" for report in reports)
+    deferred = to_write and external is None and images is None
     proto = build(
         model,
         arrays,
@@ -272,7 +282,13 @@ def _onnx(model: Model, options: Options) -> OnnxResult:
         static=options.static_shape,
         batch=options.onnx_batch,
         external=external,
+        deferred=deferred,
     )
+    if deferred:
+        from resnetc.backends.onnx.graph import DTYPES
+        from resnetc.backends.onnx.serialise import pieces
+
+        return OnnxResult(proto, origin, pieces=pieces(proto, model, arrays, DTYPES[options.compute_dtype][0]))
     if external is not None:
         origin += f"; weights in {external} beside the model (external data: over 2 GiB)"
         return OnnxResult(proto, origin, external_data(model, arrays, dtype))
@@ -351,7 +367,7 @@ def compile_spec(
 ) -> CompileResult:
     """Write (or with check=True, compare) `<out_dir>/<stem>.py` and/or `.onnx`. Everything is built
     in memory first, so a bad spec or weights file writes nothing."""
-    from resnetc.core.files import refresh_bytecode, same_content, write_all_atomic
+    from resnetc.core.files import Content, refresh_bytecode, same_content, write_all_atomic
 
     out_dir = out_folder(out_dir)
     options = Options(  # every combination checked here, before the spec is read
@@ -372,26 +388,26 @@ def compile_spec(
     _module_name_problem(loaded)
     model = lower(loaded)
     out_dir = Path(out_dir)
-    outputs: dict[Path, bytes | bytearray] = {}
+    outputs: dict[Path, Content] = {}
     result = CompileResult()
     if options.emits_torch:
         outputs[out_dir / f"{loaded.stem}.py"] = to_source(model).encode("utf-8")
     if options.emits_onnx:
-        built = _onnx(model, options)
+        built = _onnx(model, options, to_write=True)
         if target == "triton":  # DIR/<stem>/config.pbtxt beside DIR/<stem>/1/model.onnx, written together
             from resnetc.backends.onnx.triton import config
 
             served = _trained_preprocessing(model, options.weights)[0]  # what the ONNX metadata says too
             outputs[out_dir / loaded.stem / "config.pbtxt"] = config(served, loaded.stem, static_shape).encode("utf-8")
-            outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.proto.SerializeToString()
+            outputs[out_dir / loaded.stem / "1" / "model.onnx"] = built.content()
             if built.data is not None:
                 outputs[out_dir / loaded.stem / "1" / f"{loaded.stem}.onnx.data"] = built.data
         else:
-            outputs[out_dir / f"{loaded.stem}.onnx"] = built.proto.SerializeToString()
+            outputs[out_dir / f"{loaded.stem}.onnx"] = built.content()
             if built.data is not None:  # written with the model, all or nothing
                 outputs[out_dir / f"{loaded.stem}.onnx.data"] = built.data
         result.weights_origin = built.weights_origin
-    changed: dict[Path, bytes] = {}
+    changed: dict[Path, Content] = {}
     for path, data in outputs.items():
         if same_content(path, data):
             result.unchanged.append(path)
@@ -412,10 +428,11 @@ def import_model(
 ) -> tuple[str, dict[str, Any]]:
     """A readable spec and its weights for an existing model: a `torch.nn.Module`, or a source string
     (`torchvision:resnet50`, `timm:resnet50d`, `package.module:callable`, which imports and runs that user
-    code). `args` go to the model's constructor (timm's keyword arguments). Returns the spec text and the
-    weights (state_dict key -> numpy array, under the spec's keys). The spec is proven before it is returned:
-    resnetc builds it, the model's state_dict loads strictly and the outputs agree; what no op expresses is an
-    `ImportRefused` (a `ResnetcError`) naming the first module path and class."""
+    code, or the path of a torch.onnx export `FILE.onnx`, read and never run as code). `args` go to the model's
+    constructor (timm's keyword arguments). Returns the spec text and the weights (state_dict key -> numpy array,
+    under the spec's keys). The spec is proven before it is returned: resnetc builds it, the model's state_dict
+    loads strictly and the outputs agree (an ONNX file: both graphs under onnxruntime, within `verify`'s
+    tolerance); what no op expresses is an `ImportRefused` (a `ResnetcError`) naming the first module path and class."""
     from resnetc.importer import import_source
 
     text, weights, _ = import_source(module_or_source, name=name, args=args)

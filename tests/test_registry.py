@@ -23,6 +23,7 @@ from resnetc.core.errors import SpecError
 from resnetc.frontend.load import load_spec_text
 from resnetc.ops.base import BLOCK, SEQUENTIAL, TOP
 from tests.conftest import ROOT, assert_agree, cpu_session, exercise_batchnorm, model_class, state_arrays
+from tests.test_value_info import assert_fully_shaped
 from tools import docs
 
 SPEC_OPS = ops.spec_ops()
@@ -123,6 +124,7 @@ def check_both_backends(text: str, opset: int = 17) -> None:
     with torch.no_grad():
         expected = net(torch.from_numpy(batch)).numpy()
     proto = resnetc.to_onnx(model, weights=state_arrays(net), opset=opset)
+    assert_fully_shaped(proto, static=False)  # every tensor the op emits is declared, with our symbols
     assert_agree(cpu_session(proto).run(None, {"input": batch})[0], expected)
 
 

@@ -41,6 +41,13 @@ except ImportError:  # not POSIX: writers are not serialised, each write is stil
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
 CHUNK = 1 << 20
+# A file's content: its bytes, or pieces whose concatenation is the file (a model written straight from its
+# weights' memory, never joined into one copy).
+Content = bytes | bytearray | list[bytes | memoryview]
+
+
+def _pieces(data: Content) -> list[bytes | bytearray | memoryview]:
+    return data if isinstance(data, list) else [data]
 
 
 def _mode() -> int:
@@ -55,13 +62,14 @@ def _new_temporary(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
-def _temporary_copy(path: Path, data: bytes | bytearray) -> str:
+def _temporary_copy(path: Path, data: Content) -> str:
     """`data` in a temporary beside `path`; an error names `path`, the file the user asked for."""
     temporary = None
     try:
         handle, temporary = _new_temporary(path)
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for piece in _pieces(data):
+                stream.write(piece)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, _mode())
@@ -172,7 +180,7 @@ def _commit(pending: list[tuple[str, Path]]) -> None:
                     os.unlink(backup)
 
 
-def write_all_atomic(outputs: dict[Path, bytes | bytearray]) -> None:
+def write_all_atomic(outputs: dict[Path, Content]) -> None:
     """Write every file, or (on an error, a signal or a refused target) none of them."""
     for path in outputs:
         _check_target(path)
@@ -195,7 +203,7 @@ def _made_folders(folder: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _write_all(outputs: dict[Path, bytes | bytearray], created: list[Path]) -> None:
+def _write_all(outputs: dict[Path, Content], created: list[Path]) -> None:
     folders = []
     for path in outputs:
         made = _made_folders(path.parent)
@@ -219,16 +227,19 @@ def _write_all(outputs: dict[Path, bytes | bytearray], created: list[Path]) -> N
                     os.unlink(temporary)
 
 
-def same_content(path: Path, data: bytes | bytearray) -> bool:
+def same_content(path: Path, data: Content) -> bool:
     """Whether the file holds exactly `data`: sizes first, then chunk by chunk (a 6 GB file is never read whole)."""
+    pieces = _pieces(data)
     try:
-        if not path.is_file() or path.stat().st_size != len(data):
+        if not path.is_file() or path.stat().st_size != sum(len(piece) for piece in pieces):
             return False
-        view = memoryview(data)
         with path.open("rb") as stream:
-            for start in range(0, len(data), CHUNK):
-                if stream.read(CHUNK) != view[start : start + CHUNK]:
-                    return False
+            for piece in pieces:
+                view = memoryview(piece).cast("B")
+                for start in range(0, len(view), CHUNK):
+                    end = min(start + CHUNK, len(view))
+                    if stream.read(end - start) != view[start:end]:
+                        return False
         return True
     except OSError:
         return False

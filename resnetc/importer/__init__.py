@@ -1,5 +1,5 @@
-"""`resnetc import`: a model in (a torch module, `torchvision:NAME`, `timm:NAME`, `package.module:callable`), a
-readable spec and its weights out, proven equal before anything is returned.
+"""`resnetc import`: a model in (a torch module, `torchvision:NAME`, `timm:NAME`, `package.module:callable`, an
+ONNX file), a readable spec and its weights out, proven equal before anything is returned.
 
 torch, torchvision and timm are imported lazily, by the functions that need them.
 """
@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from resnetc.core.errors import UsageError
 from resnetc.importer.errors import ImportRefused
-from resnetc.importer.sources import Source, module_name, parse_args, resolve
+from resnetc.importer.sources import Source, is_onnx_file, module_name, parse_args, resolve
 
 __all__ = ["ImportRefused", "Source", "import_source", "module_name", "parse_args", "resolve"]
 
@@ -20,8 +21,12 @@ def import_source(
     module_or_source: Any, *, name: str | None = None, args: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, np.ndarray], str]:
     """Spec text, weights and the outputs' stem for a source string or a torch module."""
-    from resnetc.importer.build import import_torch
+    from resnetc.importer.build import import_onnx, import_torch
 
+    if isinstance(module_or_source, str) and is_onnx_file(module_or_source):
+        if args:
+            raise UsageError("--arg applies to a source that builds the model (timm:, torchvision:, module:callable)")
+        return import_onnx(module_or_source, module_name(name) if name else None)
     if isinstance(module_or_source, str):
         source = resolve(module_or_source, args)
     else:

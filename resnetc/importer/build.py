@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from resnetc.core import expr as expressions
 from resnetc.importer.define import full_fields, match_library, own_block, rename, signature, snake, stage_fields
 from resnetc.importer.emit import layer_entry, spec_text
 from resnetc.importer.errors import ImportRefused
@@ -64,6 +65,34 @@ def _own(group: list[Inst], blocks: dict[str, dict[str, Any]], library: dict, se
         inst.block = name
 
 
+def _own_with_identities(
+    group: list[Inst], structures: dict[Any, list[int]], blocks: dict, library: dict, seeds: list[dict]
+) -> bool:
+    """One projection block for projections whose structures differ only by layers without weights that are the
+    identity at the others' width and stride (timm's average-pool downsampling, a pool of kernel `stride`, is no
+    node where the stride is 1). The fullest structure defines the block; the proof checks the rest."""
+    fullest = max(structures.values(), key=lambda indices: len(group[indices[0]].layers))
+    part = [group[i] for i in fullest]
+    _own(part, blocks, library, [seeds[i] for i in fullest])
+    definition = blocks[part[0].block]
+    for index, inst in enumerate(group):
+        if index in fullest:
+            continue
+        missing = [name for name in definition["layers"] if name not in inst.layers]
+        if set(inst.layers) - set(definition["layers"]):
+            return False
+        for name in missing:
+            layer = definition["layers"][name]
+            values = {
+                key: expressions.evaluate(expressions.parse(value), seeds[index]) if isinstance(value, str) else value
+                for key, value in layer["fields"].items()
+            }
+            if get(layer["op"]).has_weights or len(layer["inputs"]) != 1 or not get(layer["op"]).identity_at(values):
+                return False
+        inst.block, inst.params = part[0].block, dict(seeds[index])
+    return True
+
+
 def _define(group: list[Inst], blocks: dict[str, dict[str, Any]], library: dict, seeds: list[dict] | None) -> None:
     """Library block for the whole group, else per structure: a library block or one of the spec's own."""
     if _match(group, blocks, library, seeds):
@@ -72,6 +101,8 @@ def _define(group: list[Inst], blocks: dict[str, dict[str, Any]], library: dict,
     for index, inst in enumerate(group):
         structures.setdefault(signature(inst, blocks), []).append(index)
     if seeds is not None and len(structures) > 1:
+        if _own_with_identities(group, structures, blocks, library, seeds):
+            return
         raise ImportRefused(
             "cannot import: the shortcut projections have more than one structure "
             f"({', '.join(group[s[0]].path for s in structures.values())}); a spec has one projection block"
@@ -109,8 +140,6 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
     """Spec text and weights (state_dict keys, numpy arrays) for a torch model, proven equal to it."""
     import torch
 
-    from resnetc.frontend.load import library as library_blocks
-
     model = source.module.eval()
     stem = stem or module_name(source.name)
     channels = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), source.input[0])
@@ -124,6 +153,55 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
         sample = torch.randn((1, *size), generator=generator)
         shapes, expected = record_shapes(work, sample)
     root = analyse(work, "", shapes)
+    header = (
+        f"Imported by `resnetc import` from {source.described}{_args_text(source.args)}: exact, proven before written."
+    )
+    doc = f"Imported from {source.described} by resnetc import."
+    text, _ = write_spec(root, stem, size, doc, header, source.preprocessing)  # torch's keys: none move
+    prove(text, stem, work.state_dict(), expected, sample)
+    weights = {
+        key: value.detach().cpu().numpy().copy()
+        for key, value in model.state_dict().items()
+        if not key.endswith("num_batches_tracked")
+    }
+    return text, weights
+
+
+def import_onnx(path: str, stem: str | None = None) -> tuple[str, dict[str, np.ndarray], str]:
+    """Spec text, weights and the model's name for an ONNX file, proven to compute what the file computes."""
+    from pathlib import Path
+
+    from resnetc.importer.onnx_graph import read
+    from resnetc.importer.prove import prove_onnx
+
+    source = read(path)
+    stem = stem or module_name(Path(path).stem)
+    root = analyse(source.root, "", source.shapes)
+    header = (
+        f"Imported by `resnetc import` from {source.described}: the graph's weights (BatchNorm as the graph has it), "
+        "proven before written."
+    )
+    doc = f"Imported from {source.described} by resnetc import."
+    text, moved = write_spec(root, stem, source.input, doc, header, None)
+    weights = {_moved(key, moved): value for key, value in source.weights.items()}
+    prove_onnx(text, stem, weights, source.proto, source.input, source.batch)
+    return text, weights, stem
+
+
+def _moved(key: str, moved: dict[str, str]) -> str:
+    for old, new in moved.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def write_spec(
+    root: Inst, stem: str, size: tuple[int, ...], doc: str, header: str, preprocessing: dict[str, Any] | None
+) -> tuple[str, dict[str, str]]:
+    """The spec text of an analysed model: its blocks defined (library ones where they match), its layers; and
+    the weight key prefixes that moved (a numbered block renumbered: `conv1.2.` -> `conv1.1.`)."""
+    from resnetc.frontend.load import library as library_blocks
+
     name_identity_shortcuts(root)
     option = shortcut_option(root)
     library = library_blocks()
@@ -147,6 +225,7 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
     if projections:
         _define(projections, blocks, library, [_projection_args(inst, root) for inst in projections])
         projection = projections[0].block
+    moved = _renumber(blocks, everything)
     layers = _entries(root, blocks)
     head = next((n for n, e in reversed(layers.items()) if get(e["op"]).input_rank == 1 and "out" in e), None)
     if head is None:
@@ -155,18 +234,13 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
         )
     num_classes = layers[head]["out"]
     layers[head]["out"] = "num_classes"
-    top: dict[str, Any] = {
-        "version": 1,
-        "name": _class_name(stem),
-        "doc": f"Imported from {source.described} by resnetc import.",
-        "input": list(size),
-        "num_classes": num_classes,
-    }
+    top: dict[str, Any] = {"version": 1, "name": _class_name(stem), "doc": doc, "input": list(size)}
+    top["num_classes"] = num_classes
     top["shortcut"] = option  # the spec's option (its key is also the op's name, so not a dict literal's key)
     if projection is not None and projection != "projection":
         top["projection"] = projection
-    if source.preprocessing:
-        top["preprocessing"] = source.preprocessing
+    if preprocessing:
+        top["preprocessing"] = preprocessing
     own = {
         name: {
             "params": block["params"],
@@ -175,17 +249,30 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
         for name, block in blocks.items()
         if not block.get("library")
     }
-    header = [
-        f"Imported by `resnetc import` from {source.described}{_args_text(source.args)}: exact, proven before written.",
-    ]
-    text = spec_text(header, top, own, layers)
-    prove(text, stem, work.state_dict(), expected, sample)
-    weights = {
-        key: value.detach().cpu().numpy().copy()
-        for key, value in model.state_dict().items()
-        if not key.endswith("num_batches_tracked")
-    }
-    return text, weights
+    return spec_text([header], top, own, layers), moved
+
+
+def _renumber(blocks: dict[str, dict[str, Any]], instances: list[Inst]) -> dict[str, str]:
+    """A numbered (sequential) block counts its layers 0, 1, 2 ...: one whose numbers have gaps (a graph with
+    BatchNorm folded away: 0, 2, 3, 5) is numbered again; returns the instances' moved key prefixes."""
+    moved: dict[str, str] = {}
+    for name, block in blocks.items():
+        names = list(block.get("layers", {}))
+        if block.get("library") or not all(n.isdigit() for n in names) or names == [str(i) for i in range(len(names))]:
+            continue
+        renames = {old: str(number) for number, old in enumerate(names)}
+        block["layers"] = {
+            renames[old]: layer
+            | {
+                "inputs": [renames.get(value, value) for value in layer["inputs"]],
+                "module": renames.get(layer["module"], layer["module"]) if layer["module"] else None,
+            }
+            for old, layer in block["layers"].items()
+        }
+        for inst in instances:
+            if inst.block == name:
+                moved |= {f"{inst.path}.{old}.": f"{inst.path}.{new}." for old, new in renames.items() if old != new}
+    return moved
 
 
 def _projection_args(projection: Inst, root: Inst) -> dict[str, Any]:
@@ -206,4 +293,4 @@ def _args_text(args: dict[str, Any]) -> str:
     return "" if not args else " with " + ", ".join(f"{key}={value!r}" for key, value in args.items())
 
 
-__all__ = ["import_torch", "stage_fields"]
+__all__ = ["import_onnx", "import_torch", "stage_fields", "write_spec"]

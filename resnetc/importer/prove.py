@@ -8,6 +8,7 @@ from typing import Any
 from resnetc.importer.errors import ImportRefused
 
 TOLERANCE = 1e-5  # relative to the output's largest magnitude; PyTorch sources are usually bitwise equal
+ONNX_TOLERANCE = 1e-4  # `verify`'s on the CPU: rtol 1e-4 and atol 1e-4 x max(1, scale)
 
 
 def build_from_text(text: str, stem: str) -> Any:
@@ -64,5 +65,53 @@ def prove(text: str, stem: str, state: dict[str, Any], expected: Any, sample: An
     if not difference <= TOLERANCE * scale:
         raise ImportRefused(
             f"the imported spec does not compute what the model computes (max difference {difference:.3g} at "
+            f"output scale {scale:.3g}): refused rather than approximated"
+        )
+
+
+def prove_onnx(
+    text: str,
+    stem: str,
+    weights: dict[str, Any],
+    source: Any,
+    image: tuple[int, int, int],
+    batch: int | None,
+) -> None:
+    """Build the spec text's ONNX graph with the weights read from `source` (an onnx.ModelProto) and compare
+    the two under onnxruntime on a seeded input, within `verify`'s tolerance (rtol and atol 1e-4 x scale): the
+    graphs compute the same function in different node orders (a folded BatchNorm, a `Sum` for an `Add`)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from resnetc.backends.onnx.graph import build
+    from resnetc.core.errors import ResnetcError
+    from resnetc.frontend.check import check
+    from resnetc.frontend.load import load_spec_text
+    from resnetc.lowering.lower import lower
+    from resnetc.weights.arrays import match
+
+    try:
+        model = lower(check(load_spec_text(text, f"{stem}.yaml")))
+        arrays = match(model.graph, dict(weights), "the ONNX file's weights").arrays
+        ours = build(model, arrays)
+    except ResnetcError as error:
+        raise ImportRefused(
+            f"the imported spec does not compile with the graph's weights (a bug in the importer): {error}"
+        ) from None
+    sample = np.random.default_rng(0).standard_normal((batch or 2, *image), dtype=np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    results = []
+    for proto in (source, ours):
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        results.append(session.run(None, {session.get_inputs()[0].name: sample})[0])
+    expected, got = results
+    if expected.shape != got.shape:
+        raise ImportRefused(f"the imported spec's output shape {got.shape} is not the graph's {expected.shape}")
+    scale = float(np.abs(expected).max())
+    difference = float(np.abs(expected - got).max())
+    if not difference <= ONNX_TOLERANCE * max(1.0, scale) + ONNX_TOLERANCE * scale:
+        raise ImportRefused(
+            f"the imported spec does not compute what the graph computes (max difference {difference:.3g} at "
             f"output scale {scale:.3g}): refused rather than approximated"
         )

@@ -63,12 +63,15 @@ def module_name(name: str) -> str:
     return f"m_{stem}" if stem[0].isdigit() else stem
 
 
+def is_onnx_file(source: str) -> bool:
+    """`FILE.onnx`: a graph to read (never run as code), not a model to build."""
+    return source.lower().endswith(".onnx")
+
+
 def resolve(source: str, args: dict[str, Any] | None = None) -> Source:
     """The model a SOURCE string names, built with `args` (randomly initialised: weights come with the model)."""
     args = dict(args or {})
     kind, colon, rest = source.partition(":")
-    if source.endswith(".onnx"):
-        raise UsageError(f"{source}: importing ONNX files is not supported yet; import the PyTorch model instead")
     if not colon or not rest:
         raise UsageError(
             f"unknown import source {source!r}: give timm:NAME, torchvision:NAME or package.module:callable"

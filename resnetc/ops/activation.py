@@ -9,7 +9,7 @@ from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import TENSOR, OnnxGraph, Op
+from resnetc.ops.base import TENSOR, FromOnnx, OnnxCall, OnnxGraph, Op, onnx_float
 from resnetc.ops.fields import LayerFields
 from resnetc.ops.registry import register
 
@@ -48,6 +48,7 @@ class ReLU(_Elementwise):
     fields = ReLUFields
     doc = "max(x, 0) (`nn.ReLU`, in place where the IR's alias analysis allows, ONNX `Relu`)"
     torch_class, onnx_type, inplace_capable = "nn.ReLU", "Relu", True
+    onnx_types = ("Relu",)
     saves_output = True  # ReLU's backward reads its output
     torch_classes = ("torch.nn.modules.activation.ReLU",)
     torch_functions = ("torch.nn.functional.relu", "torch.relu", "torch.relu_", "Tensor.relu", "Tensor.relu_")
@@ -65,6 +66,7 @@ class Sigmoid(_Elementwise):
     fields = SigmoidFields
     doc = "1 / (1 + exp(-x)) (`nn.Sigmoid`, ONNX `Sigmoid`), e.g. the gate of squeeze-and-excitation"
     torch_class, onnx_type = "nn.Sigmoid", "Sigmoid"
+    onnx_types = ("Sigmoid",)
     saves_output = True
     torch_classes = ("torch.nn.modules.activation.Sigmoid",)
     torch_functions = ("torch.sigmoid", "Tensor.sigmoid")
@@ -83,7 +85,7 @@ class SiLU(_Elementwise):
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         gate = f"{node.name}.sigmoid"
-        graph.node("Sigmoid", inputs, [gate], gate)
+        graph.node("Sigmoid", inputs, [gate], gate, shape=graph.dims(inputs[0]))
         graph.node("Mul", [inputs[0], gate], [output], node.name)
         return True
 
@@ -109,21 +111,25 @@ class GELU(Op):
         if graph.opset >= 20:
             graph.node("Gelu", inputs, [output], name, approximate=approximate)
             return True
+        shape = graph.dims(x)  # every step is elementwise
         if approximate == "none":  # 0.5 * x * (1 + erf(x / sqrt(2)))
-            graph.node("Div", [x, graph.scalar(f"{name}.sqrt2", math.sqrt(2.0))], [f"{name}.scaled"], f"{name}.div")
-            graph.node("Erf", [f"{name}.scaled"], [f"{name}.erf"], f"{name}.erf")
+            sqrt2 = graph.scalar(f"{name}.sqrt2", math.sqrt(2.0))
+            graph.node("Div", [x, sqrt2], [f"{name}.scaled"], f"{name}.div", shape=shape)
+            graph.node("Erf", [f"{name}.scaled"], [f"{name}.erf"], f"{name}.erf", shape=shape)
             inner = f"{name}.erf"
         else:  # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
-            graph.node("Mul", [x, x], [f"{name}.x2"], f"{name}.x2")
-            graph.node("Mul", [f"{name}.x2", x], [f"{name}.x3"], f"{name}.x3")
-            graph.node("Mul", [f"{name}.x3", graph.scalar(f"{name}.c", 0.044715)], [f"{name}.cx3"], f"{name}.cx3")
-            graph.node("Add", [x, f"{name}.cx3"], [f"{name}.sum"], f"{name}.sum")
+            graph.node("Mul", [x, x], [f"{name}.x2"], f"{name}.x2", shape=shape)
+            graph.node("Mul", [f"{name}.x2", x], [f"{name}.x3"], f"{name}.x3", shape=shape)
+            c = graph.scalar(f"{name}.c", 0.044715)
+            graph.node("Mul", [f"{name}.x3", c], [f"{name}.cx3"], f"{name}.cx3", shape=shape)
+            graph.node("Add", [x, f"{name}.cx3"], [f"{name}.sum"], f"{name}.sum", shape=shape)
             scale = graph.scalar(f"{name}.k", math.sqrt(2.0 / math.pi))
-            graph.node("Mul", [f"{name}.sum", scale], [f"{name}.arg"], f"{name}.arg")
-            graph.node("Tanh", [f"{name}.arg"], [f"{name}.tanh"], f"{name}.tanh")
+            graph.node("Mul", [f"{name}.sum", scale], [f"{name}.arg"], f"{name}.arg", shape=shape)
+            graph.node("Tanh", [f"{name}.arg"], [f"{name}.tanh"], f"{name}.tanh", shape=shape)
             inner = f"{name}.tanh"
-        graph.node("Add", [inner, graph.scalar(f"{name}.one", 1.0)], [f"{name}.plus1"], f"{name}.plus1")
-        graph.node("Mul", [x, f"{name}.plus1"], [f"{name}.xp"], f"{name}.xp")
+        one = graph.scalar(f"{name}.one", 1.0)
+        graph.node("Add", [inner, one], [f"{name}.plus1"], f"{name}.plus1", shape=shape)
+        graph.node("Mul", [x, f"{name}.plus1"], [f"{name}.xp"], f"{name}.xp", shape=shape)
         graph.node("Mul", [f"{name}.xp", graph.scalar(f"{name}.half", 0.5)], [output], name)
         return True
 
@@ -138,6 +144,12 @@ class LeakyReLU(Op):
     fields = LeakyReLUFields
     doc = "x for x >= 0, negative_slope * x below (`nn.LeakyReLU`, ONNX `LeakyRelu`)"
     example: ClassVar[dict[str, Any]] = {"negative_slope": 0.2}
+    onnx_types = ("LeakyRelu",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        slope = onnx_float(node.attrs.get("alpha", 0.01))
+        ok = node.tensors() == len(node.inputs) == 1 and set(node.attrs) <= {"alpha"}
+        return FromOnnx({} if slope == 0.01 else {"negative_slope": slope}) if ok else None
 
     def in_place(self, attrs: dict[str, Any]) -> bool:
         return float(attrs["negative_slope"]) >= 0  # autograd refuses in-place backward for a negative slope
@@ -161,6 +173,12 @@ class ELU(Op):
     fields = ELUFields
     doc = "x for x > 0, alpha * (exp(x) - 1) below (`nn.ELU`, ONNX `Elu`)"
     example: ClassVar[dict[str, Any]] = {"alpha": 0.5}
+    onnx_types = ("Elu",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        alpha = onnx_float(node.attrs.get("alpha", 1.0))
+        ok = node.tensors() == len(node.inputs) == 1 and set(node.attrs) <= {"alpha"}
+        return FromOnnx({} if alpha == 1.0 else {"alpha": alpha}) if ok else None
 
     # Never in place: in-place ELU's backward reads its output, which a later in-place op could overwrite.
 
@@ -181,12 +199,13 @@ class Hardswish(_Elementwise):
     fields = HardswishFields
     doc = "x * relu6(x + 3) / 6 (`nn.Hardswish`; ONNX `HardSwish` from opset 14, else `HardSigmoid` and `Mul`)"
     torch_class, onnx_type, inplace_capable = "nn.Hardswish", "HardSwish", True
+    onnx_types = ("HardSwish",)
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         if graph.opset >= 14:
             return super().onnx(node, inputs, output, graph)
         gate = f"{node.name}.gate"
-        graph.node("HardSigmoid", inputs, [gate], gate, alpha=1.0 / 6.0, beta=0.5)
+        graph.node("HardSigmoid", inputs, [gate], gate, shape=graph.dims(inputs[0]), alpha=1.0 / 6.0, beta=0.5)
         graph.node("Mul", [inputs[0], gate], [output], node.name)
         return True
 

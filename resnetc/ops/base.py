@@ -9,6 +9,8 @@ opset. `resnetc.ops.registry` collects them; nothing else keeps a list of op nam
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -72,18 +74,63 @@ class TorchHelper:
     base: str = "nn.Module"
 
 
+Dim = int | str  # one dimension of an ONNX tensor: a size, or a symbol (`N`, `H_2`) or a product or sum of them
+
+
 class OnnxGraph(Protocol):
-    """What an op's ONNX emitter may do: add nodes and int64 constants to the graph being built."""
+    """What an op's ONNX emitter may do: add nodes and constants to the graph being built, declaring the shape
+    of every tensor it makes. The op's output is declared already (its shape rule, `infer`); every other tensor
+    an emitter makes gets its shape where it is made: `node(..., shape=...)` in terms of `dims` of the tensors
+    it is computed from, while `constant`, `scalar`, `tensor` and `shape_of` know their own. A node whose output
+    has no shape is refused: no tensor is left for a reader to infer."""
 
     opset: int
 
-    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None: ...
+    def dims(self, value: str) -> list[Dim]:
+        """The declared dimensions of a tensor already in the graph (the batch first): `['N', 64, 'H_2', 'W_2']`,
+        or numbers only in a static-shape graph."""
+        ...
+
+    def node(
+        self,
+        op_type: str,
+        inputs: list[str],
+        outputs: list[str],
+        name: str,
+        *,
+        shape: Sequence[Dim] | None = None,
+        **attributes: Any,
+    ) -> None:
+        """A node; `shape`: its output's dimensions, in the graph's float type (None: the op's own output)."""
+        ...
 
     def constant(self, name: str, values: list[int]) -> str: ...
 
     def scalar(self, name: str, value: float) -> str: ...
 
     def tensor(self, name: str, values: np.ndarray) -> str: ...
+
+    def shape_of(self, value: str, name: str) -> str:
+        """The int64 `Shape` of `value`, computed by a node called `name` (for a reshape back to it)."""
+        ...
+
+
+def product(*dims: Dim) -> Dim:
+    """The size of several dimensions taken as one (what a reshape's -1 makes of them): a number where they are
+    all numbers, else the numbers' product and the symbols joined by `*` (`16*H_4*W_4`), so that one product of
+    the same dimensions always has one name."""
+    number = math.prod(dim for dim in dims if isinstance(dim, int))
+    symbols = [dim if "+" not in dim else f"({dim})" for dim in dims if isinstance(dim, str)]
+    if not symbols:
+        return number
+    return "*".join([*([str(number)] if number != 1 else []), *symbols])
+
+
+def plus(dim: Dim, amount: int) -> Dim:
+    """A dimension grown by `amount` (padding): a number, or the symbol and the amount (`H_2+2`)."""
+    if isinstance(dim, int):
+        return dim + amount
+    return dim if amount == 0 else f"{dim}{amount:+d}"
 
 
 class _Tensor:
@@ -94,6 +141,56 @@ class _Tensor:
 
 
 TENSOR = _Tensor()
+
+
+@dataclass
+class OnnxCall:
+    """One ONNX node as `Op.from_onnx` sees it: its attributes, its inputs (a constant's array, `TENSOR` for a
+    value computed at run time, None for an omitted optional input) and their shapes and the output's, each
+    without the batch dimension."""
+
+    op_type: str
+    attrs: dict[str, Any]
+    inputs: list[Any]
+    shapes: list[tuple[int, ...] | None]
+    output: tuple[int, ...]
+
+    def tensors(self) -> int:
+        return sum(1 for value in self.inputs if value is TENSOR)
+
+    def constant(self, index: int) -> np.ndarray | None:
+        value = self.inputs[index] if index < len(self.inputs) else None
+        return value if isinstance(value, np.ndarray) else None
+
+
+@dataclass
+class FromOnnx:
+    """What one ONNX node is in a spec: the op's fields (non-default ones) and its weights under the keys of its
+    state_dict (`weight`, `running_mean`), as the generated module names them."""
+
+    fields: dict[str, Any]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def onnx_window(node: OnnxCall, kernel: int | None = None) -> tuple[int, int, int, int] | None:
+    """A convolution's or pool's (kernel, stride, padding, dilation) where each is one number for both
+    directions and both sides, as the spec writes them; None where the node's window is not square."""
+    if node.attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    shape = [int(v) for v in node.attrs.get("kernel_shape", [kernel, kernel])]
+    strides = [int(v) for v in node.attrs.get("strides", [1, 1])]
+    pads = [int(v) for v in node.attrs.get("pads", [0, 0, 0, 0])]
+    dilations = [int(v) for v in node.attrs.get("dilations", [1, 1])]
+    if len(shape) != 2 or len(set(shape)) != 1 or shape[0] is None or len(set(strides)) != 1:
+        return None
+    if len(pads) != 4 or len(set(pads)) != 1 or len(set(dilations)) != 1:
+        return None
+    return shape[0], strides[0], pads[0], dilations[0]
+
+
+def onnx_float(value: float) -> float:
+    """A float attribute as the exporter meant it: ONNX stores float32 (1e-5 arrives as 9.99999974e-06)."""
+    return float(str(np.float32(value)))
 
 
 def square(value: Any) -> int | None:
@@ -141,8 +238,18 @@ class Op:
     # torch modules (`module.qualname`, subclasses are not matched: they may compute something else), and the
     # functions and tensor methods of a traced forward (`_operator.add`, `torch.flatten`, `Tensor.add`).
     torch_classes: ClassVar[tuple[str, ...]] = ()
+    # Composite classes among `torch_classes` that compute the op and then apply children of their own, by
+    # attribute, in order (timm's norm-act modules: the norm, then `drop` and `act`); the importer recognises
+    # each child on its own (a ReLU, an identity) as the next layer.
+    torch_then: ClassVar[dict[str, tuple[str, ...]]] = {}
     torch_functions: ClassVar[tuple[str, ...]] = ()
+    # Functions that split a tensor into parts (`torch.split`): a traced call of one is not a layer, each part
+    # read from its result is one, whose fields `from_torch_part` gives.
+    torch_splits: ClassVar[tuple[str, ...]] = ()
     residual_sum: ClassVar[bool] = False  # a residual connection ends in it: the importer finds shortcuts at its inputs
+    # ... and the ONNX nodes it is read back from (`resnetc import FILE.onnx`): one node of these op types, whose
+    # attributes, constant inputs and shapes `from_onnx` reads.
+    onnx_types: ClassVar[tuple[str, ...]] = ()
 
     @property
     def name(self) -> str:
@@ -246,6 +353,19 @@ class Op:
         """The spec fields of a call of one of `torch_functions` (tensor arguments appear as `TENSOR`), or None
         where its arguments are not this op's."""
         return {} if not kwargs and all(arg is TENSOR for arg in args) else None
+
+    def from_torch_part(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], index: int, shape: Shape
+    ) -> dict[str, Any] | None:
+        """The spec fields of part `index` of a call of one of `torch_splits` whose tensor argument has `shape`
+        (one sample's), or None where the call is not this op's."""
+        return None
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        """The spec fields and weights of one ONNX node of `onnx_types`, or None where it is not this op's
+        (by default: an op without settings or weights, whose inputs are all run-time tensors)."""
+        simple = not node.attrs and node.tensors() == len(node.inputs) == (self.arity or len(node.inputs))
+        return FromOnnx({}) if simple else None
 
     def identity_at(self, attrs: dict[str, Any]) -> bool:
         """Whether the op computes its input itself at these settings, in training too (an identity, a drop

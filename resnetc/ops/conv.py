@@ -11,14 +11,18 @@ from resnetc.core import expr as expressions
 from resnetc.core.expr import Const, Expr
 from resnetc.ops import source
 from resnetc.ops.base import (
+    TENSOR,
     Attrs,
+    FromOnnx,
     Inferred,
+    OnnxCall,
     OnnxGraph,
     Op,
     Shape,
     ShapeError,
     TorchHelper,
     image,
+    onnx_window,
     positive,
     square,
     window,
@@ -65,6 +69,29 @@ class Conv(Op):
     torch_init = ("nn.Conv2d", ('nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")',))
     example: ClassVar[dict[str, Any]] = {"out": 4, "kernel": 3, "stride": 2, "bias": True}
     torch_classes = ("torch.nn.modules.conv.Conv2d",)
+    onnx_types = ("Conv",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        weight, bias = node.constant(1), node.constant(2)
+        if weight is None or weight.ndim != 4 or weight.shape[2] != weight.shape[3] or node.inputs[0] is not TENSOR:
+            return None
+        if len(node.inputs) > 2 and (bias is None or bias.shape != (weight.shape[0],)):
+            return None
+        window = onnx_window(node, int(weight.shape[2]))
+        if window is None or set(node.attrs) - {"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"}:
+            return None
+        kernel, stride, padding, dilation = window
+        groups = int(node.attrs.get("group", 1))
+        found: dict[str, Any] = {"out": int(weight.shape[0]), "kernel": kernel}
+        settings = (("stride", stride), ("groups", groups), ("dilation", dilation))
+        found |= {key: value for key, value in settings if value != 1}
+        if padding != dilation * (kernel - 1) // 2:
+            found["padding"] = padding
+        weights = {"weight": weight}
+        if bias is not None and bias.any():  # an exporter's zeros (dynamo's Expand) are no bias of the model
+            found["bias"] = True
+            weights["bias"] = bias
+        return FromOnnx(found, weights)
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         kernel, stride, dilation = (square(getattr(module, key)) for key in ("kernel_size", "stride", "dilation"))
@@ -212,12 +239,20 @@ class ChannelConv(Op):
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         a, name = node.attrs, node.name
+        batch, channels, _, _ = graph.dims(inputs[0])  # (N, C, 1, 1)
         sequence = f"{name}.sequence"
-        graph.node("Reshape", [inputs[0], graph.constant(f"{name}.to_sequence", [0, 1, -1])], [sequence], sequence)
+        to_sequence = graph.constant(f"{name}.to_sequence", [0, 1, -1])
+        graph.node("Reshape", [inputs[0], to_sequence], [sequence], sequence, shape=[batch, 1, channels])
         weights = [f"{name}.weight"] + ([f"{name}.bias"] if a["bias"] else [])
         convolved = f"{name}.convolved"
         graph.node(
-            "Conv", [sequence, *weights], [convolved], convolved, kernel_shape=[a["kernel"]], pads=[a["padding"]] * 2
+            "Conv",
+            [sequence, *weights],
+            [convolved],
+            convolved,
+            shape=[batch, 1, channels],  # an odd kernel padded by half of it keeps one value per channel
+            kernel_shape=[a["kernel"]],
+            pads=[a["padding"]] * 2,
         )
         graph.node("Reshape", [convolved, graph.constant(f"{name}.to_map", [0, -1, 1, 1])], [output], name)
         return True
@@ -239,6 +274,13 @@ class StdConv(Conv):
     torch_init = None  # a Conv2d subclass: the convolution's rule covers it
     example: ClassVar[dict[str, Any]] = {"out": 4, "kernel": 3, "eps": 1e-8}
     inference_op = "conv"  # the standardised weight is a constant of the trained model
+    torch_classes = ("timm.layers.std_conv.StdConv2d",)  # not the Conv2d it derives from
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        found = super().from_torch(module)
+        if found is None or not isinstance(module.eps, float):
+            return None
+        return found | ({"eps": float(module.eps)} if module.eps != 1e-6 else {})
 
     @staticmethod
     def inference_weights(attrs: Attrs, weight: np.ndarray) -> np.ndarray:
@@ -276,20 +318,26 @@ class StdConv(Conv):
         """The standardised weight is computed in the graph from the stored one (onnxruntime folds it at load)."""
         name = node.name
         weight = f"{name}.weight"
+        filters = list(node.params["weight"])  # (out, in / groups, kernel, kernel)
+        per_filter = [filters[0], 1, 1, 1]
 
         def mean(source: str, result: str) -> None:
             if graph.opset >= 18:  # axes became an input
-                graph.node("ReduceMean", [source, graph.constant(f"{result}.axes", [1, 2, 3])], [result], result)
+                axes = graph.constant(f"{result}.axes", [1, 2, 3])
+                graph.node("ReduceMean", [source, axes], [result], result, shape=per_filter)
             else:
-                graph.node("ReduceMean", [source], [result], result, axes=[1, 2, 3], keepdims=1)
+                graph.node("ReduceMean", [source], [result], result, shape=per_filter, axes=[1, 2, 3], keepdims=1)
+
+        def step(op_type: str, operands: list[str], result: str, shape: list[int]) -> None:
+            graph.node(op_type, operands, [f"{name}.{result}"], f"{name}.{result}", shape=shape)
 
         mean(weight, f"{name}.mean")
-        graph.node("Sub", [weight, f"{name}.mean"], [f"{name}.centred"], f"{name}.centred")
-        graph.node("Mul", [f"{name}.centred", f"{name}.centred"], [f"{name}.squared"], f"{name}.squared")
+        step("Sub", [weight, f"{name}.mean"], "centred", filters)
+        step("Mul", [f"{name}.centred", f"{name}.centred"], "squared", filters)
         mean(f"{name}.squared", f"{name}.variance")
         eps = graph.scalar(f"{name}.eps", float(node.attrs["eps"]))
-        graph.node("Add", [f"{name}.variance", eps], [f"{name}.variance_eps"], f"{name}.variance_eps")
-        graph.node("Sqrt", [f"{name}.variance_eps"], [f"{name}.std"], f"{name}.std")
-        graph.node("Div", [f"{name}.centred", f"{name}.std"], [f"{name}.standardised"], f"{name}.standardised")
+        step("Add", [f"{name}.variance", eps], "variance_eps", per_filter)
+        step("Sqrt", [f"{name}.variance_eps"], "std", per_filter)
+        step("Div", [f"{name}.centred", f"{name}.std"], "standardised", filters)
         self.conv_node(node, inputs, f"{name}.standardised", output, graph)
         return True

@@ -10,7 +10,19 @@ from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import TENSOR, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, positive
+from resnetc.ops.base import (
+    TENSOR,
+    TOP,
+    Attrs,
+    FromOnnx,
+    Inferred,
+    OnnxCall,
+    OnnxGraph,
+    Op,
+    Shape,
+    ShapeError,
+    positive,
+)
 from resnetc.ops.conv import fan_in_uniform
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
@@ -36,6 +48,19 @@ class Flatten(Op):
     aliases_input = True  # a view of its input
     torch_classes = ("torch.nn.modules.flatten.Flatten",)
     torch_functions = ("torch.flatten", "Tensor.flatten")
+    onnx_types = ("Flatten", "Reshape")
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        # torch.flatten(x, 1) is `Flatten` (axis 1) from the legacy exporter and a `Reshape` to (N, C*H*W) from
+        # the dynamo exporter (its batch written as a number or -1): both keep the batch and flatten the rest.
+        source = node.shapes[0]
+        if node.inputs[0] is not TENSOR or source is None or len(source) != 3 or node.output != (prod(source),):
+            return None
+        if node.op_type == "Flatten":
+            return FromOnnx({}) if node.attrs.get("axis", 1) == 1 and len(node.inputs) == 1 else None
+        target = node.constant(1)
+        ok = target is not None and target.ndim == 1 and len(target) == 2 and int(target[1]) in (-1, prod(source))
+        return FromOnnx({}) if ok and 0 not in target.tolist() else None  # no 0: `allowzero` changes nothing
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         return {} if (module.start_dim, module.end_dim) == (1, -1) else None
@@ -75,6 +100,20 @@ class Linear(Op):
     counts_as_layer = True
     input_rank = 1  # its input size is the flattened size, which the backend reads from the shape
     torch_classes = ("torch.nn.modules.linear.Linear", "timm.layers.linear.Linear")  # timm's: F.linear, the same
+    onnx_types = ("Gemm",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        weight, bias = node.constant(1), node.constant(2)
+        attrs = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0} | node.attrs
+        if node.inputs[0] is not TENSOR or weight is None or weight.ndim != 2 or attrs["transA"]:
+            return None
+        if attrs["alpha"] != 1.0 or (bias is not None and attrs["beta"] != 1.0) or len(attrs) != 4:
+            return None
+        weight = weight if attrs["transB"] else weight.T  # nn.Linear keeps (out, in)
+        if len(node.inputs) > 2 and (bias is None or bias.shape != (weight.shape[0],)):
+            return None
+        weights = {"weight": weight} | ({"bias": bias} if bias is not None else {})
+        return FromOnnx({"out": int(weight.shape[0])} | ({} if bias is not None else {"bias": False}), weights)
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         return {"out": module.out_features} | ({} if module.bias is not None else {"bias": False})

@@ -6,7 +6,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from resnetc.ops.base import BLOCK, TENSOR, TOP, Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, image, positive
+from resnetc.ops.base import (
+    BLOCK,
+    TENSOR,
+    TOP,
+    Attrs,
+    FromOnnx,
+    Inferred,
+    OnnxCall,
+    OnnxGraph,
+    Op,
+    Shape,
+    ShapeError,
+    image,
+    positive,
+)
 from resnetc.ops.fields import IntExpr, LayerFields, MergeFields, Reference
 from resnetc.ops.registry import register
 
@@ -29,6 +43,7 @@ class Add(Op):
     arity = None
     placement = MERGING
     torch_functions = ("_operator.add", "_operator.iadd", "torch.add", "Tensor.add", "Tensor.add_")
+    onnx_types = ("Add", "Sum")
     residual_sum = True
 
     def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -65,6 +80,7 @@ class Mul(Op):
     placement_rule = MERGE_RULE
     torch_member = False
     torch_functions = ("_operator.mul", "_operator.imul", "torch.mul", "Tensor.mul", "Tensor.mul_")
+    onnx_types = ("Mul",)
 
     def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         return {} if args == (TENSOR, TENSOR) and not kwargs else None
@@ -97,6 +113,11 @@ class Concat(Op):
     placement_rule = MERGE_RULE
     torch_member = False
     torch_functions = ("torch.cat", "torch.concat")
+    onnx_types = ("Concat",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        ok = node.attrs.get("axis") in (1, -3) and node.tensors() == len(node.inputs) >= 2
+        return FromOnnx({}) if ok else None
 
     def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         given = dict(zip(("tensors", "dim"), args, strict=False)) | kwargs
@@ -143,6 +164,32 @@ class Channels(Op):
     torch_member = False
     aliases_input = True  # a view of its input
     example: ClassVar[dict[str, Any]] = {"start": 1, "count": 2}
+    torch_splits = ("torch.functional.split", "torch.split", "Tensor.split")
+
+    def from_torch_part(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], index: int, shape: tuple[int, ...]
+    ) -> dict[str, Any] | None:
+        """Part `index` of `torch.split(x, size or sizes, 1)`: the channels it holds."""
+        given = dict(zip(("tensor", "split_size_or_sections", "dim"), args, strict=False)) | kwargs
+        size = given.pop("split_size_or_sections", given.pop("split_size", None))
+        if set(given) != {"tensor", "dim"} or given["tensor"] is not TENSOR or given["dim"] not in (1, -3):
+            return None
+        if len(shape) != 3:
+            return None
+        channels = shape[0]
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            sizes = [size] * (-(-channels // size))
+        elif isinstance(size, (list, tuple)) and all(isinstance(v, int) and v > 0 for v in size):
+            sizes = list(size)
+            if sum(sizes) != channels:
+                return None
+        else:
+            return None
+        index = index + len(sizes) if index < 0 else index
+        if not 0 <= index < len(sizes):
+            return None
+        start = sum(sizes[:index])
+        return {"start": start, "count": min(sizes[index], channels - start)}
 
     def channels(self, attrs: dict[str, Any], inputs: list[Any]) -> Any:
         return attrs["count"]
@@ -214,15 +261,20 @@ class SplitAttention(Op):
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         *branches, logits = inputs
         name, count = node.name, len(branches)
+        batch, channels, height, width = graph.dims(branches[0])
         axis = graph.constant(f"{name}.axis", [1])
         stacked = []
         for index, branch in enumerate(branches):
-            graph.node("Unsqueeze", [branch, axis], [f"{name}.branch{index}"], f"{name}.branch{index}")
-            stacked.append(f"{name}.branch{index}")
-        graph.node("Concat", stacked, [f"{name}.stacked"], f"{name}.stacked", axis=1)
+            one = f"{name}.branch{index}"
+            graph.node("Unsqueeze", [branch, axis], [one], one, shape=[batch, 1, channels, height, width])
+            stacked.append(one)
+        branched = [batch, count, channels, height, width]  # (N, branches, C, H, W)
+        graph.node("Concat", stacked, [f"{name}.stacked"], f"{name}.stacked", shape=branched, axis=1)
         shape = graph.constant(f"{name}.shape", [0, count, -1, 1, 1])
-        graph.node("Reshape", [logits, shape], [f"{name}.logits"], f"{name}.logits")
-        graph.node("Softmax", [f"{name}.logits"], [f"{name}.weights"], f"{name}.weights", axis=1)
-        graph.node("Mul", [f"{name}.stacked", f"{name}.weights"], [f"{name}.weighted"], f"{name}.weighted")
+        per_branch = [batch, count, channels, 1, 1]  # one logit per branch and channel
+        graph.node("Reshape", [logits, shape], [f"{name}.logits"], f"{name}.logits", shape=per_branch)
+        graph.node("Softmax", [f"{name}.logits"], [f"{name}.weights"], f"{name}.weights", shape=per_branch, axis=1)
+        weighted = f"{name}.weighted"
+        graph.node("Mul", [f"{name}.stacked", f"{name}.weights"], [weighted], weighted, shape=branched)
         graph.node("ReduceSum", [f"{name}.weighted", axis], [output], name, keepdims=0)
         return True

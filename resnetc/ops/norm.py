@@ -9,7 +9,23 @@ from pydantic import Field
 
 from resnetc.core.expr import Expr
 from resnetc.ops import source
-from resnetc.ops.base import Attrs, Inferred, OnnxGraph, Op, Shape, ShapeError, TorchHelper, image, positive
+from resnetc.ops.base import (
+    TENSOR,
+    Attrs,
+    Dim,
+    FromOnnx,
+    Inferred,
+    OnnxCall,
+    OnnxGraph,
+    Op,
+    Shape,
+    ShapeError,
+    TorchHelper,
+    image,
+    onnx_float,
+    positive,
+    product,
+)
 from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
@@ -32,7 +48,21 @@ class BatchNorm(Op):
     folds_into_convolution = True
     torch_init = ("nn.BatchNorm2d", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))
     example: ClassVar[dict[str, Any]] = {"eps": 0.001}
-    torch_classes = ("torch.nn.modules.batchnorm.BatchNorm2d",)
+    torch_classes = ("torch.nn.modules.batchnorm.BatchNorm2d", "timm.layers.norm_act.BatchNormAct2d")
+    torch_then: ClassVar[dict[str, tuple[str, ...]]] = {"timm.layers.norm_act.BatchNormAct2d": ("drop", "act")}
+    onnx_types = ("BatchNormalization",)
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        stats = [node.constant(index) for index in range(1, 5)]
+        if node.inputs[:1] != [TENSOR] or len(node.inputs) != 5 or any(s is None or s.ndim != 1 for s in stats):
+            return None
+        if node.attrs.get("training_mode", 0) or set(node.attrs) - {"epsilon", "momentum", "training_mode"}:
+            return None  # a graph exported for training computes batch statistics: not an inference import
+        eps = onnx_float(node.attrs.get("epsilon", 1e-5))
+        momentum = float(f"{1.0 - node.attrs.get('momentum', 0.9):.6g}")  # ONNX weighs the running value
+        found = ({} if eps == 1e-5 else {"eps": eps}) | ({} if momentum == 0.1 else {"momentum": momentum})
+        keys = ("weight", "bias", "running_mean", "running_var")
+        return FromOnnx(found, dict(zip(keys, stats, strict=True)))  # type: ignore[arg-type]
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         if not (module.affine and module.track_running_stats) or module.momentum is None:
@@ -97,7 +127,12 @@ class GroupNorm(Op):
     has_weights = True
     torch_init = ("nn.GroupNorm", ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)"))
     example: ClassVar[dict[str, Any]] = {"groups": 2}
-    torch_classes = ("torch.nn.modules.normalization.GroupNorm", "timm.layers.norm.GroupNorm")
+    torch_classes = (
+        "torch.nn.modules.normalization.GroupNorm",
+        "timm.layers.norm.GroupNorm",
+        "timm.layers.norm_act.GroupNormAct",
+    )
+    torch_then: ClassVar[dict[str, tuple[str, ...]]] = {"timm.layers.norm_act.GroupNormAct": ("drop", "act")}
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         if not module.affine or getattr(module, "_fast_norm", False):  # timm's: F.group_norm unless fast_norm
@@ -135,45 +170,62 @@ class GroupNorm(Op):
         per-channel affine (GroupNormalization's opset 18 form has per-group scale and bias, so is not used)."""
         name, groups = node.name, node.attrs["groups"]
         grouped, normalised, restored = f"{name}.grouped", f"{name}.normalised", f"{name}.restored"
-        graph.node("Reshape", [inputs[0], graph.constant(f"{name}.groups", [0, groups, -1])], [grouped], grouped)
+        to_groups = graph.constant(f"{name}.groups", [0, groups, -1])
+        graph.node("Reshape", [inputs[0], to_groups], [grouped], grouped, shape=_grouped(graph, inputs[0], groups))
         ones = graph.tensor(f"{name}.unit_scale", np.ones(groups))
         zeros = graph.tensor(f"{name}.zero_bias", np.zeros(groups))
         graph.node(
-            "InstanceNormalization", [grouped, ones, zeros], [normalised], normalised, epsilon=float(node.attrs["eps"])
+            "InstanceNormalization",
+            [grouped, ones, zeros],
+            [normalised],
+            normalised,
+            shape=graph.dims(grouped),
+            epsilon=float(node.attrs["eps"]),
         )
-        shape = f"{name}.shape"
-        graph.node("Shape", [inputs[0]], [shape], shape)
-        graph.node("Reshape", [normalised, shape], [restored], restored)
+        shape = graph.shape_of(inputs[0], f"{name}.shape")
+        graph.node("Reshape", [normalised, shape], [restored], restored, shape=graph.dims(inputs[0]))
         axes = graph.constant(f"{name}.axes", [1, 2])
         scale, shift, scaled = f"{name}.scale", f"{name}.shift", f"{name}.scaled"
-        graph.node("Unsqueeze", [f"{name}.weight", axes], [scale], scale)
-        graph.node("Unsqueeze", [f"{name}.bias", axes], [shift], shift)
-        graph.node("Mul", [restored, scale], [scaled], scaled)
+        per_channel = [node.attrs["channels"], 1, 1]
+        graph.node("Unsqueeze", [f"{name}.weight", axes], [scale], scale, shape=per_channel)
+        graph.node("Unsqueeze", [f"{name}.bias", axes], [shift], shift, shape=per_channel)
+        graph.node("Mul", [restored, scale], [scaled], scaled, shape=graph.dims(inputs[0]))
         graph.node("Add", [scaled, shift], [output], name)
         return True
+
+
+def _grouped(graph: OnnxGraph, value: str, groups: int) -> list[Dim]:
+    """The dimensions of an (N, C, H, W) value reshaped to (N, groups, -1): each group's channels and map in one."""
+    batch, channels, height, width = graph.dims(value)
+    return [batch, groups, product(int(channels) // groups, height, width)]
 
 
 def _per_channel(graph: OnnxGraph, node: Node, key: str) -> str:
     """The (C,) parameter `key` of `node` as (C, 1, 1), to broadcast over an (N, C, H, W) map."""
     shaped = f"{node.name}.{key}_per_channel"
-    graph.node("Unsqueeze", [f"{node.name}.{key}", graph.constant(f"{shaped}.axes", [1, 2])], [shaped], shaped)
+    axes = graph.constant(f"{shaped}.axes", [1, 2])
+    graph.node("Unsqueeze", [f"{node.name}.{key}", axes], [shaped], shaped, shape=[node.attrs["channels"], 1, 1])
     return shaped
 
 
 def _mean(graph: OnnxGraph, value: str, axes: list[int], result: str) -> str:
     """ReduceMean over `axes`, dimensions kept (axes is an attribute before opset 18, an input from it on)."""
+    shape = [1 if axis in axes else dim for axis, dim in enumerate(graph.dims(value))]
     if graph.opset >= 18:
-        graph.node("ReduceMean", [value, graph.constant(f"{result}.axes", axes)], [result], result, keepdims=1)
+        operands = [value, graph.constant(f"{result}.axes", axes)]
+        graph.node("ReduceMean", operands, [result], result, shape=shape, keepdims=1)
     else:
-        graph.node("ReduceMean", [value], [result], result, axes=axes, keepdims=1)
+        graph.node("ReduceMean", [value], [result], result, shape=shape, axes=axes, keepdims=1)
     return result
 
 
 def _affine(graph: OnnxGraph, node: Node, value: str, output: str, name: str) -> None:
-    """value * weight + bias, per channel, into `output` (by a node called `name`)."""
+    """value * weight + bias, per channel, into `output` (by a node called `name`, declared here unless it is the
+    op's output)."""
     scaled = f"{node.name}.scaled"
-    graph.node("Mul", [value, _per_channel(graph, node, "weight")], [scaled], scaled)
-    graph.node("Add", [scaled, _per_channel(graph, node, "bias")], [output], name)
+    shape = graph.dims(value)
+    graph.node("Mul", [value, _per_channel(graph, node, "weight")], [scaled], scaled, shape=shape)
+    graph.node("Add", [scaled, _per_channel(graph, node, "bias")], [output], name, shape=shape)
 
 
 def _check_eps(attrs: Attrs) -> float:
@@ -206,6 +258,14 @@ class EvoNormS0(Op):
         ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)", "nn.init.ones_(module.v)"),
     )
     example: ClassVar[dict[str, Any]] = {"groups": 2}
+    torch_classes = ("timm.layers.evo_norm.EvoNorm2dS0",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        """timm's EvoNorm2dS0 with its activation (`v`); without it, it is another computation."""
+        if getattr(module, "v", None) is None or not module.apply_act:
+            return None
+        found: dict[str, Any] = {"groups": module.groups} if module.groups != 32 else {}
+        return found | ({"eps": float(module.eps)} if module.eps != 1e-5 else {})
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, _, _ = image(shapes, "evonorm_s0")
@@ -268,30 +328,28 @@ class EvoNormS0(Op):
         division in the (N, groups, -1) view, the map's shape back, the affine."""
         name, groups = node.name, node.attrs["group_count"]
         x = inputs[0]
-        product, gate, gated = f"{name}.xv", f"{name}.gate", f"{name}.gated"
-        graph.node("Mul", [x, _per_channel(graph, node, "v")], [product], product)
-        graph.node("Sigmoid", [product], [gate], gate)
-        graph.node("Mul", [x, gate], [gated], gated)
+        mapped, in_groups = graph.dims(x), _grouped(graph, x, groups)  # (N, C, H, W) and (N, groups, -1)
+        per_group = [*in_groups[:2], 1]  # one statistic per sample and group
+        xv, gate, gated = f"{name}.xv", f"{name}.gate", f"{name}.gated"
+        graph.node("Mul", [x, _per_channel(graph, node, "v")], [xv], xv, shape=mapped)
+        graph.node("Sigmoid", [xv], [gate], gate, shape=mapped)
+        graph.node("Mul", [x, gate], [gated], gated, shape=mapped)
         to_groups = graph.constant(f"{name}.groups", [0, groups, -1])
         grouped, centred, squared = f"{name}.grouped", f"{name}.centred", f"{name}.squared"
-        graph.node("Reshape", [x, to_groups], [grouped], grouped)
+        graph.node("Reshape", [x, to_groups], [grouped], grouped, shape=in_groups)
         mean = _mean(graph, grouped, [2], f"{name}.mean")
-        graph.node("Sub", [grouped, mean], [centred], centred)
-        graph.node("Mul", [centred, centred], [squared], squared)
+        graph.node("Sub", [grouped, mean], [centred], centred, shape=in_groups)
+        graph.node("Mul", [centred, centred], [squared], squared, shape=in_groups)
         variance = _mean(graph, squared, [2], f"{name}.variance")
         shifted, std = f"{name}.variance_eps", f"{name}.std"
-        graph.node("Add", [variance, graph.scalar(f"{name}.eps", float(node.attrs["eps"]))], [shifted], shifted)
-        graph.node("Sqrt", [shifted], [std], std)
-        gated_groups, divided, shape, restored = (
-            f"{name}.gated_groups",
-            f"{name}.divided",
-            f"{name}.shape",
-            f"{name}.restored",
-        )
-        graph.node("Reshape", [gated, to_groups], [gated_groups], gated_groups)
-        graph.node("Div", [gated_groups, std], [divided], divided)
-        graph.node("Shape", [x], [shape], shape)
-        graph.node("Reshape", [divided, shape], [restored], restored)
+        eps = graph.scalar(f"{name}.eps", float(node.attrs["eps"]))
+        graph.node("Add", [variance, eps], [shifted], shifted, shape=per_group)
+        graph.node("Sqrt", [shifted], [std], std, shape=per_group)
+        gated_groups, divided, restored = f"{name}.gated_groups", f"{name}.divided", f"{name}.restored"
+        graph.node("Reshape", [gated, to_groups], [gated_groups], gated_groups, shape=in_groups)
+        graph.node("Div", [gated_groups, std], [divided], divided, shape=in_groups)
+        shape = graph.shape_of(x, f"{name}.shape")
+        graph.node("Reshape", [divided, shape], [restored], restored, shape=mapped)
         _affine(graph, node, restored, output, name)
         return True
 
@@ -317,6 +375,13 @@ class FrnTlu(Op):
         ("nn.init.ones_(module.weight)", "nn.init.zeros_(module.bias)", "nn.init.zeros_(module.tau)"),
     )
     example: ClassVar[dict[str, Any]] = {"eps": 1e-6}
+    torch_classes = ("timm.layers.filter_response_norm.FilterResponseNormTlu2d",)
+
+    def from_torch(self, module: Any) -> dict[str, Any] | None:
+        """timm's FilterResponseNormTlu2d with its thresholded linear unit (`tau`)."""
+        if getattr(module, "tau", None) is None or not module.apply_act:
+            return None
+        return {"eps": float(module.eps)} if module.eps != 1e-5 else {}
 
     def infer(self, attrs: Attrs, shapes: list[Shape]) -> Inferred:
         channels, _, _ = image(shapes, "frn_tlu")
@@ -366,11 +431,13 @@ class FrnTlu(Op):
             f"{name}.normalised",
             f"{name}.affine",
         )
-        graph.node("Mul", [x, x], [squared], squared)
+        mapped = graph.dims(x)
+        graph.node("Mul", [x, x], [squared], squared, shape=mapped)
         mean_square = _mean(graph, squared, [2, 3], f"{name}.mean_square")
-        graph.node("Add", [mean_square, graph.scalar(f"{name}.eps", float(node.attrs["eps"]))], [shifted], shifted)
-        graph.node("Sqrt", [shifted], [rms], rms)
-        graph.node("Div", [x, rms], [normalised], normalised)
+        eps = graph.scalar(f"{name}.eps", float(node.attrs["eps"]))
+        graph.node("Add", [mean_square, eps], [shifted], shifted, shape=graph.dims(mean_square))
+        graph.node("Sqrt", [shifted], [rms], rms, shape=graph.dims(mean_square))
+        graph.node("Div", [x, rms], [normalised], normalised, shape=mapped)
         _affine(graph, node, normalised, affine, affine)
         graph.node("Max", [affine, _per_channel(graph, node, "tau")], [output], name)
         return True

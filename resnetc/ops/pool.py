@@ -13,13 +13,17 @@ from resnetc.ops import source
 from resnetc.ops.base import (
     TENSOR,
     Attrs,
+    FromOnnx,
     Inferred,
+    OnnxCall,
     OnnxGraph,
     Op,
     Shape,
     ShapeError,
     TorchHelper,
     image,
+    onnx_window,
+    plus,
     positive,
     square,
     window,
@@ -50,6 +54,25 @@ class AvgPoolFields(WindowFields):
 class _WindowPool(Op):
     torch_class = ""
     onnx_type = ""
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        window = onnx_window(node)
+        known = {"kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "count_include_pad"}
+        if node.attrs.get("storage_order", 0) or len(node.inputs) != 1:  # storage_order: of MaxPool's indices
+            return None
+        known.add("storage_order")
+        if window is None or window[3] != 1 or set(node.attrs) - known or node.inputs != [TENSOR]:
+            return None
+        kernel, stride, padding, _ = window
+        found: dict[str, Any] = {"kernel": kernel} | ({"stride": stride} if stride != kernel else {})
+        found |= {"padding": padding} if padding else {}
+        found |= {"ceil_mode": True} if node.attrs.get("ceil_mode") else {}
+        if self.fields is not None and "count_include_pad" in self.fields.model_fields:
+            if not node.attrs.get("count_include_pad", 0):  # ONNX's default is PyTorch's opposite
+                found["count_include_pad"] = False
+        elif "count_include_pad" in node.attrs:
+            return None
+        return FromOnnx(found)
 
     def defaults(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return attrs if attrs["stride"] is not None else {**attrs, "stride": attrs["kernel"]}  # as PyTorch's
@@ -107,6 +130,7 @@ class MaxPool(_WindowPool):
     torch_class, onnx_type = "nn.MaxPool2d", "MaxPool"
     example: ClassVar[dict[str, Any]] = {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}
     torch_classes = ("torch.nn.modules.pooling.MaxPool2d",)
+    onnx_types = ("MaxPool",)
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         if square(module.dilation) != 1 or module.return_indices:
@@ -121,6 +145,7 @@ class AvgPool(_WindowPool):
     torch_class, onnx_type = "nn.AvgPool2d", "AveragePool"
     example: ClassVar[dict[str, Any]] = {"kernel": 2, "stride": 2, "ceil_mode": True, "count_include_pad": False}
     torch_classes = ("torch.nn.modules.pooling.AvgPool2d",)
+    onnx_types = ("AveragePool",)
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         if module.divisor_override is not None:
@@ -154,9 +179,20 @@ class GlobalAvgPool(Op):
     doc = "mean over height and width, to (C, 1, 1) (`nn.AdaptiveAvgPool2d((1, 1))`, ONNX `GlobalAveragePool`)"
     torch_classes = ("torch.nn.modules.pooling.AdaptiveAvgPool2d",)
     torch_functions = ("Tensor.mean", "torch.mean")
+    onnx_types = ("GlobalAveragePool", "ReduceMean")
 
     def from_torch(self, module: Any) -> dict[str, Any] | None:
         return {} if square(module.output_size) == 1 else None
+
+    def from_onnx(self, node: OnnxCall) -> FromOnnx | None:
+        if node.inputs[:1] != [TENSOR] or len(node.output) != 3 or node.output[1:] != (1, 1):
+            return None
+        if node.op_type == "GlobalAveragePool":
+            return FromOnnx({}) if len(node.inputs) == 1 and not node.attrs else None
+        axes = node.constant(1) if len(node.inputs) > 1 else node.attrs.get("axes")  # an input from opset 18
+        spatial = axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3]
+        keeps = node.attrs.get("keepdims", 1) == 1 and not node.attrs.get("noop_with_empty_axes", 0)
+        return FromOnnx({}) if spatial and keeps else None
 
     def from_torch_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         given = dict(zip(("input", "dim", "keepdim"), args, strict=False)) | kwargs
@@ -322,7 +358,9 @@ class BlurPool(Op):
         p, size, channels = a["padding"], a["filter"], a["in_channels"]
         padded = f"{name}.padded"
         pads = graph.constant(f"{name}.pads", [0, 0, p, p, 0, 0, p, p])
-        graph.node("Pad", [inputs[0], pads], [padded], padded, mode="reflect")
+        batch, _, height, width = graph.dims(inputs[0])
+        shape = [batch, channels, plus(height, 2 * p), plus(width, 2 * p)]
+        graph.node("Pad", [inputs[0], pads], [padded], padded, shape=shape, mode="reflect")
         blur = graph.tensor(f"{name}.filter", np.broadcast_to(binomial_filter(size), (channels, 1, size, size)))
         graph.node(
             "Conv", [padded, blur], [output], name, kernel_shape=[size, size], strides=[a["stride"]] * 2, group=channels

@@ -181,25 +181,26 @@ def _safetensors_header(path: Path, size: int) -> tuple[int, dict[str, dict]]:
 
 
 def _read_safetensors(path: Path, size: int, budget: int | None) -> dict[str, object]:
-    from safetensors import SafetensorError, safe_open
-
+    """The file's tensors as views of one copy-on-write mapping of it: nothing is read until used, and a
+    compile writes each weight from the page cache straight into the model (no copy per tensor). The header is
+    checked first (`_safetensors_header`: the entries tile the file), so every view lies inside it."""
     start, header = _safetensors_header(path, size)
     _too_big(path, sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in header.values()), budget)
     result: dict[str, object] = {}
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if size > start else np.zeros(0, np.uint8)
     try:
-        with safe_open(str(path), framework="numpy") as handle:
-            for key, entry in header.items():
-                if entry["dtype"] in _WIDENED:
-                    import ml_dtypes
-
-                    begin, end = entry["data_offsets"]
-                    narrow = raw[begin:end].view(getattr(ml_dtypes, _WIDENED[entry["dtype"]]))
-                    result[key] = narrow.astype(np.float32).reshape(entry["shape"])
-                else:
-                    result[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError, ValueError) as error:
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=start) if size > start else np.zeros(0, np.uint8)
+    except (OSError, ValueError) as error:
         raise WeightsError(f"{path}: cannot read as safetensors ({_first_line(error)})") from None
+    for key, entry in header.items():
+        begin, end = entry["data_offsets"]
+        if entry["dtype"] in _WIDENED:
+            import ml_dtypes
+
+            narrow = raw[begin:end].view(getattr(ml_dtypes, _WIDENED[entry["dtype"]]))
+            result[key] = narrow.astype(np.float32).reshape(entry["shape"])
+        else:  # safetensors is little-endian, whatever the machine
+            dtype = np.dtype(_NUMPY_DTYPES[entry["dtype"]]).newbyteorder("<")
+            result[key] = raw[begin:end].view(dtype).reshape(entry["shape"])
     return result
 
 

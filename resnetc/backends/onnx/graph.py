@@ -7,6 +7,7 @@ graph reads `input` [N, C, H, W] with symbolic N, H, W and writes `logits` [N, c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from resnetc import ops
 from resnetc.core.dims import Size
 from resnetc.core.errors import SpecError, UsageError
 from resnetc.core.ir import Model, Node
-from resnetc.ops.base import unsupported
+from resnetc.ops.base import Dim, unsupported
 from resnetc.version import __version__
 from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES, Weights, checked_cast
 
@@ -28,13 +29,28 @@ DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, Te
 
 
 class _GraphBuilder:
-    """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants."""
+    """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants, each output with
+    its declared element type and dimensions (`shapes`), from which every `value_info` of the graph is written."""
 
-    def __init__(self, opset: int, numpy_type: type) -> None:
+    def __init__(self, opset: int, numpy_type: type, onnx_type: int) -> None:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
+        self.shapes: dict[str, tuple[int, list[Dim]]] = {}  # tensor -> (element type, dimensions)
         self._numpy_type = numpy_type
+        self._onnx_type = onnx_type
         self.current: Node | None = None  # the IR node being emitted, to blame for a constant out of range
+
+    def declare(self, name: str, dims: Sequence[Dim], element: int | None = None) -> None:
+        """`name`'s element type (the graph's float type unless given) and dimensions; a tensor declared twice
+        must be declared alike."""
+        entry = (self._onnx_type if element is None else element, list(dims))
+        if self.shapes.setdefault(name, entry) != entry:
+            raise AssertionError(f"tensor {name} declared as {entry}, but it is {self.shapes[name]}")
+
+    def dims(self, value: str) -> list[Dim]:
+        if value not in self.shapes:
+            raise AssertionError(f"the shape of {value} is asked for before it is declared")
+        return list(self.shapes[value][1])
 
     def _in_compute_type(self, name: str, values: object) -> np.ndarray:
         """Values in the graph's compute type; a located E407 where that type cannot hold them (70000 in float16)."""
@@ -51,25 +67,46 @@ class _GraphBuilder:
             )
         return array
 
-    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attributes: Any) -> None:
+    def node(
+        self,
+        op_type: str,
+        inputs: list[str],
+        outputs: list[str],
+        name: str,
+        *,
+        shape: Sequence[Dim] | None = None,
+        **attributes: Any,
+    ) -> None:
+        """A node; `shape` declares its output, of the graph's float type. Without it the output must be declared
+        already (an op's own output, from its shape rule): no tensor is left undeclared."""
+        for output in outputs:
+            if shape is not None:
+                self.declare(output, shape)
+            elif output not in self.shapes:
+                raise AssertionError(f"{op_type} node {name}: its output {output} has no declared shape")
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
+
+    def _constant(self, name: str, tensor: onnx.TensorProto) -> str:
+        self.declare(name, list(tensor.dims), tensor.data_type)
+        self.node("Constant", [], [name], name, value=tensor)
+        return name
 
     def constant(self, name: str, values: list[int]) -> str:
         """An int64 Constant node: shape operands are not weights, so they are not initializers."""
-        tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name)
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
-        return name
+        return self._constant(name, numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name))
 
     def tensor(self, name: str, values: np.ndarray) -> str:
         """A constant tensor in the graph's compute type: a fixed filter that is not a weight (no state_dict key)."""
-        tensor = numpy_helper.from_array(self._in_compute_type(name, values), name=name)
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
-        return name
+        return self._constant(name, numpy_helper.from_array(self._in_compute_type(name, values), name=name))
 
     def scalar(self, name: str, value: float) -> str:
         """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
-        tensor = numpy_helper.from_array(self._in_compute_type(name, value), name=name)
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        return self._constant(name, numpy_helper.from_array(self._in_compute_type(name, value), name=name))
+
+    def shape_of(self, value: str, name: str) -> str:
+        """The int64 Shape of `value`: its rank, one number each."""
+        self.declare(name, [len(self.dims(value))], TensorProto.INT64)
+        self.node("Shape", [value], [name], name)
         return name
 
 
@@ -151,23 +188,29 @@ def build(
     static: bool = False,
     batch: int | None = None,
     external: str | None = None,
+    deferred: bool = False,
 ) -> onnx.ModelProto:
     """The ONNX model of `model` with `weights` inline. `dtype` float16 keeps input and output float32.
 
-    Every tensor of the IR gets a `value_info`: with `symbols` (from `spatial_symbols`) the batch and spatial
-    sizes are symbolic; `static` makes the spatial sizes concrete (the input size the model was lowered at)
-    and `batch` the batch. With `external` (a file name), the weights are not inline: each initializer
-    points into that file beside the model, at the offsets `external_data` writes them."""
+    Every tensor a node makes gets a `value_info`, declared where it is made (an op's output by its shape rule,
+    the tensors between by its emitter): with `symbols` (from `spatial_symbols`) the batch and spatial sizes
+    are symbolic; `static` makes the spatial sizes concrete (the input size the model was lowered at) and
+    `batch` the batch. With `external` (a file name), the weights are not inline: each initializer
+    points into that file beside the model, at the offsets `external_data` writes them. With `deferred`, the
+    initializers have no data yet: `serialise.pieces` writes it, straight from the weights."""
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     numpy_type, onnx_type = DTYPES[dtype]
     graph = model.graph
-    builder = _GraphBuilder(opset, numpy_type)
+    symbols = {} if static else (symbols or spatial_symbols(model))
+    builder = _GraphBuilder(opset, numpy_type, onnx_type)
     nodes = builder.nodes
+    builder.declare(INPUT, _dims(graph.input_shape, symbols.get("input"), batch), TensorProto.FLOAT)
     source = INPUT
     if dtype != "float32":
         source = f"{INPUT}.{dtype}"
-        nodes.append(helper.make_node("Cast", [INPUT], [source], name="cast_input", to=onnx_type))
+        builder.node("Cast", [INPUT], [source], "cast_input", shape=builder.dims(INPUT), to=onnx_type)
+        nodes[-1].doc_string = f"--dtype {dtype}: the input in {dtype}"
     renamed = {"input": source}
     # The graph's outputs: `logits`, or one per backbone feature, named after its layer.
     named = {value: name for name, value in (graph.features or {OUTPUT: graph.output}).items()}
@@ -175,6 +218,7 @@ def build(
         inputs = [renamed.get(name, name) for name in node.inputs]
         output = named[node.name] if node.name in named and dtype == "float32" else node.name
         renamed[node.name] = output
+        builder.declare(output, _dims(node.shape, symbols.get(node.name), batch))  # the op's shape rule's
         first = len(nodes)
         builder.current = node
         if not ops.get(node.op).onnx(node, inputs, output, builder):
@@ -183,29 +227,22 @@ def build(
             emitted.doc_string = _provenance(node)
     if dtype != "float32":
         for value, name in named.items():
-            nodes.append(helper.make_node("Cast", [value], [name], name=f"cast_{name}", to=TensorProto.FLOAT))
-    symbols = {} if static else (symbols or spatial_symbols(model))
-    compute = onnx_type if dtype != "float32" else TensorProto.FLOAT
+            builder.declare(name, builder.dims(value), TensorProto.FLOAT)
+            builder.node("Cast", [value], [name], f"cast_{name}", to=TensorProto.FLOAT)
+            nodes[-1].doc_string = f"--dtype {dtype}: {name} in float32"
     outputs = set(named.values())
+
+    def declared(name: str) -> onnx.ValueInfoProto:
+        element, dims = builder.shapes[name]
+        return helper.make_tensor_value_info(name, element, dims)
+
     onnx_graph = helper.make_graph(
         nodes,
         model.class_name,
-        [
-            helper.make_tensor_value_info(
-                INPUT, TensorProto.FLOAT, _dims(graph.input_shape, symbols.get("input"), batch)
-            )
-        ],
-        [
-            helper.make_tensor_value_info(
-                name, TensorProto.FLOAT, _dims(graph.shape_of(value), symbols.get(value), batch)
-            )
-            for value, name in named.items()
-        ],
-        value_info=[
-            helper.make_tensor_value_info(renamed[node.name], compute, _dims(node.shape, symbols.get(node.name), batch))
-            for node in graph.nodes
-            if renamed[node.name] not in outputs
-        ],
+        [declared(INPUT)],
+        [declared(name) for name in named.values()],
+        # Every tensor a node makes, in the order they are made: the op's own output and everything between.
+        value_info=[declared(name) for emitted in nodes for name in emitted.output if name not in outputs],
     )
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(
@@ -220,12 +257,14 @@ def build(
     # Weights go straight into the finished model: make_graph and make_model would each copy them.
     offset = 0
     for key, shape in graph.tensors().items():
-        if external is None:
+        if external is None and not deferred:
             array = checked_cast(key, weights[key], numpy_type)
             proto.graph.initializer.append(numpy_helper.from_array(array, name=key))
             continue
-        length = math.prod(shape) * np.dtype(numpy_type).itemsize
         tensor = proto.graph.initializer.add(name=key, dims=list(shape), data_type=onnx_type)
+        if external is None:
+            continue
+        length = math.prod(shape) * np.dtype(numpy_type).itemsize
         tensor.data_location = TensorProto.EXTERNAL
         for field, value in (("location", external), ("offset", str(offset)), ("length", str(length))):
             tensor.external_data.add(key=field, value=value)

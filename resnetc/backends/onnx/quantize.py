@@ -95,7 +95,97 @@ def _quantize(model: onnx.ModelProto, images: np.ndarray, activations: str) -> o
             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
         )
-        return onnx.load_model(target)
+        return restore(onnx.load_model(target), model)
+
+
+def restore(quantized: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """What the quantizer drops, given back from the graph it quantized: our name for a tensor it renamed, a
+    `value_info` for every tensor a node makes, the provenance of every node, the producer.
+
+    The quantizer moves what feeds each graph output (quantized, then dequantized into the output's name) into a
+    tensor of its own naming (`logits_QuantizeLinear_Input`): it gets the name of the layer that made it (`fc`, as
+    a float16 graph names it). Our tensors keep our declarations (a fused Conv+ReLU writes the ReLU's tensor: the
+    same shape); a QuantizeLinear or DequantizeLinear output has its input's shape, in its `output_dtype` where
+    set, else its zero point's type (uint8 without one) or its scale's (float). A QuantizeLinear or
+    DequantizeLinear node comes from the layer whose tensor it quantizes (its input's producer), else from the
+    layer that reads it (a weight's, the input's)."""
+    graph = quantized.graph
+    ours = {value.name: value for value in [*original.graph.input, *original.graph.output, *original.graph.value_info]}
+    producers = {name: node for node in graph.node for name in node.output}
+    first_producer = {name: node.name for node in original.graph.node for name in node.output}
+    made = set(producers) | {init.name for init in graph.initializer} | {value.name for value in graph.input}
+    renamed: dict[str, str] = {}
+    for output in graph.output:
+        dequantize = producers.get(output.name)
+        quantize = producers.get(dequantize.input[0]) if dequantize and dequantize.op_type == _DQ else None
+        moved = quantize.input[0] if quantize is not None and quantize.op_type == _Q else None
+        layer = first_producer.get(output.name)
+        if moved is not None and moved not in ours and layer is not None and layer not in made:
+            renamed[moved] = layer
+            ours[layer] = _value_info(layer, ours[output.name].type)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    declared: dict[str, onnx.TypeProto] = {value.name: value.type for value in graph.input}
+    declared |= {init.name: _tensor_type(init.data_type, list(init.dims)) for init in graph.initializer}
+    for node in graph.node:
+        for name in node.output:
+            if name in ours:
+                declared[name] = ours[name].type
+            elif node.op_type in (_Q, _DQ) and node.input[0] in declared:
+                dims = declared[node.input[0]].tensor_type.shape.dim
+                element = _quantization_type(node, declared)
+                declared[name] = _tensor_type(element, [dim.dim_param or dim.dim_value for dim in dims])
+    outputs = {value.name for value in graph.output}
+    made_here = [name for node in graph.node for name in node.output if name in declared and name not in outputs]
+    del graph.value_info[:]
+    graph.value_info.extend(_value_info(name, declared[name]) for name in made_here)
+    _provenance(graph)
+    quantized.producer_name, quantized.producer_version = original.producer_name, original.producer_version
+    return quantized
+
+
+_Q, _DQ = "QuantizeLinear", "DequantizeLinear"
+
+
+def _quantization_type(node: onnx.NodeProto, declared: dict[str, onnx.TypeProto]) -> int:
+    """The element type of a QuantizeLinear's or DequantizeLinear's output: its `output_dtype` where set, else a
+    QuantizeLinear's zero point's (uint8 without one), a DequantizeLinear's scale's."""
+    chosen = next((attribute.i for attribute in node.attribute if attribute.name == "output_dtype"), 0)
+    if chosen:
+        return chosen
+    if node.op_type == _Q:
+        zero_point = node.input[2] if len(node.input) > 2 else ""
+        return declared[zero_point].tensor_type.elem_type if zero_point in declared else onnx.TensorProto.UINT8
+    scale = node.input[1]
+    return declared[scale].tensor_type.elem_type if scale in declared else onnx.TensorProto.FLOAT
+
+
+def _tensor_type(element: int, dims: list[int | str]) -> onnx.TypeProto:
+    return onnx.helper.make_tensor_type_proto(element, dims)
+
+
+def _value_info(name: str, kind: onnx.TypeProto) -> onnx.ValueInfoProto:
+    value = onnx.ValueInfoProto(name=name)
+    value.type.CopyFrom(kind)
+    return value
+
+
+def _provenance(graph: onnx.GraphProto) -> None:
+    """A node the quantizer added says where its tensor came from: its input's producer, else its first reader."""
+    producers = {name: node for node in graph.node for name in node.output}
+    for node in graph.node:  # in order: a DequantizeLinear after its QuantizeLinear
+        source = producers.get(node.input[0]) if node.input else None
+        if not node.doc_string and source is not None and source.doc_string:
+            node.doc_string = source.doc_string
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in reversed(graph.node):  # in reverse: a weight's DequantizeLinear before the layer that reads it
+        if not node.doc_string:
+            found = [reader.doc_string for name in node.output for reader in readers.get(name, []) if reader.doc_string]
+            node.doc_string = found[0] if found else ""
 
 
 def _static_batch(model: onnx.ModelProto) -> int | None:
