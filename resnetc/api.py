@@ -452,18 +452,27 @@ def import_to(
     *,
     name: str | None = None,
     args: dict[str, Any] | None = None,
+    partial: bool = False,
 ) -> ImportResult:
     """`resnetc import`: `import_model`, then `<out_dir>/<stem>.yaml` and `<stem>.safetensors` written together,
-    all or nothing (stem: `name`, else the model's name made a module name)."""
+    all or nothing (stem: `name`, else the model's name made a module name). `partial`: where the model cannot be
+    imported whole, `<stem>.partial.yaml` gets the spec of the layers before the first that cannot (marked
+    incomplete, unproven, no weights), and the refusal is still raised, naming that file."""
     from safetensors.numpy import save
 
     from resnetc.core.files import write_all_atomic
-    from resnetc.importer import import_source
+    from resnetc.importer import ImportRefused, IncompleteImport, import_source
 
     out = out_folder(out_dir)
     if name is not None and (keyword.iskeyword(name) or name in _SHADOWING_STEMS or not name.isidentifier()):
         raise UsageError(f"--name {name!r}: give a valid Python module name that shadows no module (outputs take it)")
-    text, weights, stem = import_source(module_or_source, name=name, args=args)
+    try:
+        text, weights, stem = import_source(module_or_source, name=name, args=args, partial=partial)
+    except IncompleteImport as incomplete:
+        started = out / f"{incomplete.stem}.partial.yaml"
+        write_all_atomic({started: incomplete.text.encode("utf-8")})
+        note = f"(--partial: wrote {started}, the layers before it: incomplete, unproven)"
+        raise ImportRefused(f"{incomplete}\n{note}") from None
     spec_path, weights_path = out / f"{stem}.yaml", out / f"{stem}.safetensors"
     import json
 

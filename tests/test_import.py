@@ -13,8 +13,10 @@ import textwrap
 import pytest
 import torch
 import torchvision
+import yaml
 
 import resnetc
+from resnetc.api import import_to
 from resnetc.cli import main
 from resnetc.frontend.load import load_spec_text
 from resnetc.importer import ImportRefused, parse_args
@@ -22,14 +24,14 @@ from tests.conftest import ROOT
 
 
 def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm statistics and affines that are not the identity (timm zero-initialises the last gamma)."""
+    """Norm statistics and affines (BatchNorm, GroupNorm, EvoNorm's v, FRN's tau) and biases that are not the
+    identity or zero (timm zero-initialises the last gamma and the norms' biases)."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                for tensor in (module.weight, module.bias, module.running_mean):
-                    tensor.copy_(torch.rand(tensor.shape, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+        for key, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and tensor.dim() == 1:
+                noise = torch.rand(tensor.shape, generator=generator)
+                tensor.copy_(noise + 0.5 if key.endswith("running_var") else noise - 0.5)
     return model.eval()
 
 
@@ -72,6 +74,72 @@ def test_a_timm_model_imports_with_timm_library_blocks() -> None:
     text, weights = resnetc.import_model(model, name="resnet18d")
     assert "block: timm_basic," in text and "block: timm_deep_stem" in text
     round_trip(model, text, weights, "resnet18d")
+
+
+def _tiny_timm(family: str, **extra: object) -> torch.nn.Module:
+    """The smallest model of each timm family beside resnet.py's, built from timm's own classes at 32x32 sizes
+    (`extra`: more of the model class's arguments)."""
+    from functools import partial
+
+    from timm.layers import GroupNormAct, StdConv2d
+    from timm.models.res2net import Bottle2neck
+    from timm.models.resnest import ResNestBottleneck
+    from timm.models.resnet import ResNet
+    from timm.models.resnetv2 import ResNetV2
+    from timm.models.sknet import SelectiveKernelBasic
+
+    block_args: dict = extra.pop("block_args", {})  # type: ignore[assignment]
+    small = {"layers": [2, 1, 1, 1], "channels": (8, 16, 16, 32), "num_classes": 10, **extra}
+    if family == "resnetv2":  # BiT: GroupNormAct and StdConv2d, the stages in a container, a 1x1 conv head
+        norm = partial(GroupNormAct, num_groups=32)
+        conv = partial(StdConv2d, eps=1e-8)
+        channels = (128, 128, 256, 256)  # GroupNorm's 32 groups, more than one value each at 1x1
+        stem = {"stem_chs": 32, "stem_type": "fixed"}
+        return ResNetV2((2, 1, 1, 1), channels, num_classes=10, conv_layer=conv, norm_layer=norm, **stem, **extra)
+    if family == "res2net":  # splits; a first block of its own in a stage
+        return ResNet(block=Bottle2neck, base_width=26, block_args={"scale": 4}, **small)
+    if family == "resnest":  # SplitAttn as a library block as a whole
+        args = {"radix": 2, "avd": True, "avd_first": False, **block_args}
+        return ResNet(block=ResNestBottleneck, stem_type="deep", stem_width=16, avg_down=True, block_args=args, **small)
+    assert family == "sknet"  # SelectiveKernel as a library block as a whole
+    kernel = {"rd_ratio": 1 / 8, "rd_divisor": 16, "split_input": True}
+    return ResNet(block=SelectiveKernelBasic, block_args={"sk_kwargs": kernel}, **small)
+
+
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("resnetv2", ["block: timm_bit_stage, args: {width: 32, depth: 2}", "block: timm_bit_stem", "timm_v2_head"]),
+        ("res2net", ["block: timm_bottle2neck_4s, repeat: 2, first_block: timm_bottle2neck_4s_first"]),
+        ("resnest", ["block: timm_resnest_bottleneck, repeat: 2"]),
+        ("sknet", ["block: timm_sk_basic, repeat: 2"]),
+    ],
+)
+def test_timm_families_import_with_their_library_blocks(family: str, expected: list[str]) -> None:
+    model = _randomised(_tiny_timm(family))
+    text, weights = resnetc.import_model(model, name=family)
+    for fragment in expected:
+        assert fragment in text
+    assert set(yaml.safe_load(text).get("blocks", {})) <= {"stages"}  # library blocks, and timm's container
+    built = round_trip(model, text, weights, family)
+    sample = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(2))
+    model.train(), built.train()  # batch statistics: the same arithmetic in training too, bit for bit
+    assert torch.equal(model(sample), built(sample))
+
+
+def test_a_features_only_backbone_imports_with_outputs() -> None:
+    from timm.models import FeatureListNet
+    from timm.models.resnet import BasicBlock, ResNet
+
+    model = _randomised(FeatureListNet(ResNet(BasicBlock, [1, 1, 1, 1], channels=(8, 8, 16, 16)), (1, 2, 3, 4)))
+    text, weights = resnetc.import_model(model, name="features")
+    assert "outputs: [layer1, layer2, layer3, layer4]" in text and "num_classes" not in text
+    built = resnetc.build(load_spec_text(text, "features.yaml"), weights).eval()
+    built.load_state_dict(model.state_dict(), strict=True)
+    sample = torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for expected, got in zip(model(sample), built(sample), strict=True):
+            assert torch.equal(expected, got)
 
 
 def test_timm_keyword_arguments_reach_the_model() -> None:
@@ -212,6 +280,24 @@ def test_a_vision_transformer_is_refused_naming_what_cannot_be_expressed() -> No
         resnetc.import_model(torchvision.models.vit_b_16())
 
 
+def test_partial_writes_the_layers_before_the_first_it_cannot_import(tmp_path, capsys) -> None:
+    model = torchvision.models.resnet18()
+    model.avgpool = torch.nn.AdaptiveMaxPool2d(1)  # no resnetc op computes it
+    assert main(["import", "torchvision:resnet18", "--out", str(tmp_path / "whole")]) == 0
+    with pytest.raises(ImportRefused, match=r"'avgpool' \(AdaptiveMaxPool2d\)"):
+        import_to(model, tmp_path, name="odd")  # without --partial: refused, nothing written
+    assert not list(tmp_path.glob("odd*"))
+    with pytest.raises(ImportRefused, match=r"wrote .*odd\.partial\.yaml"):
+        import_to(model, tmp_path, name="odd", partial=True)
+    assert [p.name for p in tmp_path.glob("odd*")] == ["odd.partial.yaml"]  # the spec only: no weights, no pair
+    text = (tmp_path / "odd.partial.yaml").read_text()
+    assert text.startswith("# INCOMPLETE") and "outputs: [layer4]" in text
+    whole = (tmp_path / "whole" / "resnet18.yaml").read_text()
+    assert text.split("\nlayers:\n")[1] == whole.split("\nlayers:\n")[1].split("  avgpool:")[0]
+    assert main(["check", str(tmp_path / "odd.partial.yaml")]) == 0  # a valid backbone to finish by hand
+    capsys.readouterr()
+
+
 def test_the_cli_writes_the_pair_that_compile_takes(tmp_path, capsys) -> None:
     assert main(["import", "torchvision:resnet18", "--out", str(tmp_path), "--name", "r18"]) == 0
     assert f"wrote {tmp_path / 'r18.yaml'}" in capsys.readouterr().out
@@ -253,8 +339,9 @@ def test_every_torchvision_resnet_imports(name: str) -> None:
 
 
 # timm's models with a shipped spec (specs/timm/) that import exactly: all 80 of resnet.py's (timm's EcaModule,
-# whose forward reshapes, is recognised as the library's `timm_eca` by the submodule op), none yet of
-# resnetv2.py, res2net.py, resnest.py and sknet.py (norm-act modules, splits: refused, naming the module).
+# whose forward reshapes, is recognised as the library's `timm_eca` by the submodule op) and all of resnetv2.py's,
+# res2net.py's, resnest.py's and sknet.py's (norm-act modules as the norm and its activation, StdConv2d, splits,
+# SplitAttn, SelectiveKernel and ClassifierHead as library blocks).
 TIMM = (
     "ecaresnet101d ecaresnet101d_pruned ecaresnet200d ecaresnet269d ecaresnet26t ecaresnet50d ecaresnet50d_pruned "
     "ecaresnet50t ecaresnetlight ecaresnext26t_32x4d ecaresnext50t_32x4d "
@@ -266,8 +353,25 @@ TIMM = (
     "resnext101_64x4d resnext50_32x4d resnext50d_32x4d senet154 seresnet101 seresnet152 seresnet152d seresnet18 "
     "seresnet200d seresnet269d seresnet34 seresnet50 seresnet50t seresnetaa50d seresnext101_32x4d "
     "seresnext101_32x8d seresnext101_64x4d seresnext101d_32x8d seresnext26d_32x4d seresnext26t_32x4d "
-    "seresnext50_32x4d seresnextaa101d_32x8d seresnextaa201d_32x8d wide_resnet101_2 wide_resnet50_2"
+    "seresnext50_32x4d seresnextaa101d_32x8d seresnextaa201d_32x8d wide_resnet101_2 wide_resnet50_2 "
+    # resnetv2.py
+    "resnetv2_18 resnetv2_18d resnetv2_34 resnetv2_34d resnetv2_50 resnetv2_50d resnetv2_50d_evos resnetv2_50d_frn "
+    "resnetv2_50d_gn resnetv2_50t resnetv2_50x1_bit resnetv2_50x3_bit resnetv2_101 resnetv2_101d resnetv2_101x1_bit "
+    "resnetv2_101x3_bit resnetv2_152 resnetv2_152d resnetv2_152x2_bit resnetv2_152x4_bit "
+    # res2net.py, resnest.py, sknet.py
+    "res2net50_14w_8s res2net50_26w_4s res2net50_26w_6s res2net50_26w_8s res2net50_48w_2s res2net50d "
+    "res2net101_26w_4s res2net101d res2next50 "
+    "resnest14d resnest26d resnest50d resnest50d_1s4x24d resnest50d_4s2x40d resnest101e resnest200e resnest269e "
+    "skresnet18 skresnet34 skresnet50 skresnet50d skresnext50_32x4d"
 ).split()
+
+
+def test_the_timm_list_is_every_shipped_timm_spec() -> None:
+    """Every spec under specs/timm/ named after a timm model (not a variant such as resnet50_features)."""
+    import timm
+
+    shipped = {path.stem for path in (ROOT / "specs" / "timm").glob("*.yaml") if timm.is_model(path.stem)}
+    assert shipped == set(TIMM)
 
 
 @pytest.mark.slow
@@ -277,7 +381,7 @@ def test_timm_models_with_shipped_specs_import(name: str) -> None:
 
     model = _randomised(timm.create_model(name))
     text, weights = resnetc.import_model(model, name=name)
-    assert "blocks:" not in text  # timm's library blocks only
+    assert set(yaml.safe_load(text).get("blocks", {})) <= {"stages"}  # timm's library blocks (and its container)
     round_trip(model, text, weights, name)
 
 
@@ -291,16 +395,13 @@ def test_timm_variants_import(args: dict, expected: str) -> None:
     assert expected in text
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "where"),
+    ("family", "args", "where"),
     [
-        ("resnetv2_50", "'stages.0.blocks.0.norm1' (BatchNormAct2d)"),
-        ("res2net50_26w_4s", "'layer1.0' (Bottle2neck)"),
-        ("resnest50d", "'layer1.0.conv2' (SplitAttn)"),
-        ("skresnet18", "'layer1.0.conv1' (SelectiveKernel)"),
+        ("resnetv2", {"act_layer": "mish"}, "'norm.act' (Mish)"),  # a norm-act module's activation
+        ("resnest", {"block_args": {"radix": 4}}, "'layer1.0.conv2' (SplitAttn): its settings (radix=4)"),
     ],
 )
-def test_timm_models_without_recognised_ops_are_refused(name: str, where: str) -> None:
+def test_timm_modules_no_op_expresses_are_refused(family: str, args: dict, where: str) -> None:
     with pytest.raises(ImportRefused, match=re.escape(where)):
-        resnetc.import_model(f"timm:{name}")
+        resnetc.import_model(_tiny_timm(family, **args))

@@ -405,7 +405,7 @@ def _import(args: argparse.Namespace) -> int:
     from resnetc.importer import parse_args
 
     out_folder(args.out)
-    result = import_to(args.source, args.out, name=args.name, args=parse_args(args.arg))
+    result = import_to(args.source, args.out, name=args.name, args=parse_args(args.arg), partial=args.partial)
     print(f"wrote {result.spec}")
     print(f"wrote {result.weights}")
     return EXIT_OK

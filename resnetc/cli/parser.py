@@ -175,7 +175,10 @@ def parser() -> argparse.ArgumentParser:
     import_.add_argument(
         "source",
         metavar="SOURCE",
-        help="timm:NAME, torchvision:NAME, or package.module:callable (imports and runs that user code)",
+        help=(
+            "timm:NAME, torchvision:NAME, package.module:callable (imports and runs that user code), or FILE.onnx "
+            "(a torch.onnx export, read and never run as code)"
+        ),
     )
     import_.add_argument("--out", default="generated", help="output folder (default: generated/)")
     import_.add_argument("--name", help="the outputs' stem (default: the model's name made a module name)")
@@ -189,7 +192,10 @@ def parser() -> argparse.ArgumentParser:
     import_.add_argument(
         "--partial",
         action="store_true",
-        help="accepted for the documented form; a model that cannot be imported whole is still refused (exit 2)",
+        help=(
+            "where the model cannot be imported whole, write DIR/<stem>.partial.yaml: the layers before the first "
+            "that cannot, marked incomplete and unproven, a place to start (still exit 2; PyTorch sources)"
+        ),
     )
 
     run = commands.add_parser("run", help="run an ONNX model with onnxruntime")

@@ -11,16 +11,17 @@ from typing import Any
 import numpy as np
 
 from resnetc.core.errors import UsageError
-from resnetc.importer.errors import ImportRefused
+from resnetc.importer.errors import ImportRefused, IncompleteImport
 from resnetc.importer.sources import Source, is_onnx_file, module_name, parse_args, resolve
 
-__all__ = ["ImportRefused", "Source", "import_source", "module_name", "parse_args", "resolve"]
+__all__ = ["ImportRefused", "IncompleteImport", "Source", "import_source", "module_name", "parse_args", "resolve"]
 
 
 def import_source(
-    module_or_source: Any, *, name: str | None = None, args: dict[str, Any] | None = None
+    module_or_source: Any, *, name: str | None = None, args: dict[str, Any] | None = None, partial: bool = False
 ) -> tuple[str, dict[str, np.ndarray], str]:
-    """Spec text, weights and the outputs' stem for a source string or a torch module."""
+    """Spec text, weights and the outputs' stem for a source string or a torch module. `partial` (PyTorch
+    sources): what cannot be imported whole is an `IncompleteImport` with the spec up to there."""
     from resnetc.importer.build import import_onnx, import_torch
 
     if isinstance(module_or_source, str) and is_onnx_file(module_or_source):
@@ -36,5 +37,9 @@ def import_source(
             module_or_source, type(module_or_source).__name__.lower(), described=type(module_or_source).__name__
         )
     stem = module_name(name) if name else module_name(source.name)
-    text, weights = import_torch(source, stem)
+    try:
+        text, weights = import_torch(source, stem, partial=partial)
+    except IncompleteImport as incomplete:
+        incomplete.stem = stem
+        raise
     return text, weights, stem

@@ -7,9 +7,18 @@ from typing import Any
 import numpy as np
 
 from resnetc.core import expr as expressions
-from resnetc.importer.define import full_fields, match_library, own_block, rename, signature, snake, stage_fields
+from resnetc.importer.define import (
+    full_fields,
+    head_fields,
+    match_library,
+    own_block,
+    rename,
+    signature,
+    snake,
+    stage_fields,
+)
 from resnetc.importer.emit import layer_entry, spec_text
-from resnetc.importer.errors import ImportRefused
+from resnetc.importer.errors import ImportRefused, IncompleteImport
 from resnetc.importer.prove import perturbed, prove
 from resnetc.importer.sources import Source, module_name
 from resnetc.importer.structure import (
@@ -136,8 +145,10 @@ def _entries(inst: Inst, blocks: dict[str, dict[str, Any]], layers: dict[str, di
     return written
 
 
-def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
-    """Spec text and weights (state_dict keys, numpy arrays) for a torch model, proven equal to it."""
+def import_torch(source: Source, stem: str | None = None, partial: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+    """Spec text and weights (state_dict keys, numpy arrays) for a torch model, proven equal to it. `partial`:
+    a model that cannot be imported whole is an `IncompleteImport` carrying the spec of the layers before the
+    first that cannot (unproven, marked as such), instead of a plain refusal."""
     import torch
 
     model = source.module.eval()
@@ -152,11 +163,20 @@ def import_torch(source: Source, stem: str | None = None) -> tuple[str, dict[str
     except ImportRefused:  # a model that needs its own input size (a vision transformer's patches)
         sample = torch.randn((1, *size), generator=generator)
         shapes, expected = record_shapes(work, sample)
-    root = analyse(work, "", shapes)
+    stopped: list[str] | None = [] if partial else None
+    root = analyse(work, "", shapes, stopped=stopped)
+    doc = f"Imported from {source.described} by resnetc import."
+    if stopped:
+        header = (
+            f"INCOMPLETE: `resnetc import --partial` from {source.described}{_args_text(source.args)} stopped at the "
+            f"first layer it cannot import ({stopped[0]}). The layers below are those before it, not proven; "
+            "the model's output is the last of them. Finish the spec by hand."
+        )
+        text, _ = write_spec(root, stem, size, f"INCOMPLETE. {doc}", header, source.preprocessing, incomplete=True)
+        raise IncompleteImport(stopped[0], text)
     header = (
         f"Imported by `resnetc import` from {source.described}{_args_text(source.args)}: exact, proven before written."
     )
-    doc = f"Imported from {source.described} by resnetc import."
     text, _ = write_spec(root, stem, size, doc, header, source.preprocessing)  # torch's keys: none move
     prove(text, stem, work.state_dict(), expected, sample)
     weights = {
@@ -196,7 +216,13 @@ def _moved(key: str, moved: dict[str, str]) -> str:
 
 
 def write_spec(
-    root: Inst, stem: str, size: tuple[int, ...], doc: str, header: str, preprocessing: dict[str, Any] | None
+    root: Inst,
+    stem: str,
+    size: tuple[int, ...],
+    doc: str,
+    header: str,
+    preprocessing: dict[str, Any] | None,
+    incomplete: bool = False,
 ) -> tuple[str, dict[str, str]]:
     """The spec text of an analysed model: its blocks defined (library ones where they match), its layers; and
     the weight key prefixes that moved (a numbered block renumbered: `conv1.2.` -> `conv1.1.`)."""
@@ -227,15 +253,11 @@ def write_spec(
         projection = projections[0].block
     moved = _renumber(blocks, everything)
     layers = _entries(root, blocks)
-    head = next((n for n, e in reversed(layers.items()) if get(e["op"]).input_rank == 1 and "out" in e), None)
-    if head is None:
-        raise ImportRefused(
-            "cannot import: the model does not end in a linear classifier (backbones are not imported yet)"
-        )
-    num_classes = layers[head]["out"]
-    layers[head]["out"] = "num_classes"
     top: dict[str, Any] = {"version": 1, "name": _class_name(stem), "doc": doc, "input": list(size)}
-    top["num_classes"] = num_classes
+    if incomplete:  # no head yet: the last layer imported is the output, as a backbone's
+        top["outputs"] = [root.output] if root.output != INPUT else []
+    else:  # `num_classes` (the classifier's width made it) or a backbone's `outputs`
+        top |= head_fields(layers, root)
     top["shortcut"] = option  # the spec's option (its key is also the op's name, so not a dict literal's key)
     if projection is not None and projection != "projection":
         top["projection"] = projection

@@ -19,6 +19,7 @@ from resnetc.ops.registry import get
 
 Path = tuple[str, ...]
 PARAM_NAMES = {"out": "width", "rate": "drop_path"}
+CONTAINERS = ("torch.nn.modules.container.Sequential",)  # classes that say nothing of what a module computes
 
 
 def numeric(value: Any) -> bool:
@@ -70,15 +71,19 @@ def signature(inst: Inst, blocks: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
 
 def stage_fields(children: list[Inst], blocks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A stage's `block`, `repeat`, `stride`, `args` and `first` from its blocks' arguments."""
-    names = {child.block for child in children}
-    if len(names) != 1:
+    names = {child.block for child in children[1:]} or {children[0].block}
+    block = children[-1].block
+    first_block = children[0].block if children[0].block != block else None
+    if len(names) != 1 or (first_block and set(blocks[first_block]["params"]) != set(blocks[block]["params"])):
         raise ImportRefused(
             f"cannot import '{children[0].path.rsplit('.', 1)[0]}': its blocks are not all of one structure "
-            f"({', '.join(sorted(names))}); a stage repeats one block"
+            f"({', '.join(dict.fromkeys(child.block for child in children))}); a stage repeats one block "
+            "(its first may be another with the same parameters)"
         )
-    block = children[0].block
     defaults = blocks[block]["params"]
     fields: dict[str, Any] = {"block": block, "repeat": len(children)}
+    if first_block:
+        fields["first_block"] = first_block
     args: dict[str, Any] = {}
     first: dict[str, Any] = {}
     for param, default in defaults.items():
@@ -89,8 +94,7 @@ def stage_fields(children: list[Inst], blocks: dict[str, dict[str, Any]]) -> dic
                     f"cannot import '{children[0].path.rsplit('.', 1)[0]}': a block after the first strides "
                     "(a stage's stride is its first block's)"
                 )
-            if values[0] != default:
-                fields["stride"] = values[0]
+            fields["stride"] = values[0]
             continue
         if all(value == values[0] for value in values):
             if values[0] != default:
@@ -148,6 +152,7 @@ def match_library(
     pairs: list[tuple[tuple[str, str, dict[str, Any], list[str], Any], Layer]] = []
     renames: dict[str, str] = {}
     alias: dict[str, str] = {}
+    assumed: dict[str, Any] = {}  # parameters at their defaults where a library layer the instance lacks is identity
     previous = INPUT
     index = 0
     for name, op, fields, source, module in _library_layers(block):
@@ -155,7 +160,8 @@ def match_library(
         inputs = [alias.get(value, value) for value in inputs]
         here = items[index] if index < len(items) else None
         if here is not None and (
-            here[0] == name or (here[1].op == op and _renamable(here[1]) and name not in inst.layers)
+            here[0] == name
+            or (here[1].op == op and _renamable(here[1]) and name not in {renames.get(n, n) for n in inst.layers})
         ):
             if here[0] != name:
                 renames[here[0]] = name
@@ -163,15 +169,16 @@ def match_library(
             index += 1
             previous = name
             continue
-        known = defaults | seeds
-        attrs = {k: known.get(v, v) if isinstance(v, str) else v for k, v in fields.items()}
-        if len(inputs) == 1 and get(op).identity_at(attrs):
+        attrs = _assuming(get(op), fields, defaults | seeds, assumed)
+        if attrs is not None and len(inputs) == 1 and get(op).identity_at(attrs):
             alias[name] = previous = inputs[0]
             continue
         return None
     if index != len(items) or previous != renames.get(inst.output, inst.output):
         return None
     env: dict[str, Any] = {"in_channels": inst.in_shape[0], **seeds}
+    if any(env.setdefault(name, value) != value for name, value in assumed.items()):
+        return None
     equations: list[tuple[expressions.Expr, expressions.Expr]] = []
     pool: list[int] = []
     for (_, op, fields, inputs, module), layer in pairs:
@@ -183,22 +190,8 @@ def match_library(
         ):
             return None
         if definition.instantiates_block:
-            if layer.op != op or layer.children:
-                return None  # a stage inside a block
-            child = full_fields(layer, blocks)
-            if fields.get("block") != child["block"]:
+            if not _same_instances(fields, full_fields(layer, blocks), blocks, env, equations, pool):
                 return None
-            child_defaults = blocks[child["block"]]["params"]
-            for key, value in child["args"].items():
-                wanted = fields.get("args", {}).get(key, child_defaults.get(key))
-                if isinstance(wanted, str) and numeric(value) and isinstance(value, int):
-                    pool.append(value)
-                    equations.append((expressions.parse(wanted), expressions.Const(value)))
-                elif isinstance(wanted, str):
-                    if env.setdefault(wanted, value) != value:
-                        return None
-                elif wanted != value:
-                    return None
             continue
         concrete = definition.defaults(full_fields(layer, blocks))
         parsed = {
@@ -207,6 +200,8 @@ def match_library(
         }
         for key, wanted in definition.defaults(parsed).items():
             value = concrete.get(key)
+            if key in definition.wiring_fields and isinstance(value, str):  # a value of the block (project_from)
+                value = renames.get(value, value)
             if isinstance(wanted, expressions.Const):
                 wanted = wanted.value
             if key in definition.expression_fields and not isinstance(wanted, (int, type(None))):
@@ -229,6 +224,58 @@ def match_library(
                 return None
             env[name] = default
     return {name: env[name] for name in defaults}, renames
+
+
+def _assuming(op: Any, fields: dict[str, Any], known: dict[str, Any], assumed: dict[str, Any]) -> dict | None:
+    """A library layer's settings evaluated with the parameters' defaults (recorded in `assumed`, so that the
+    match holds only where the instance has those values); None where one cannot be evaluated."""
+    attrs: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, str) and (key in op.expression_fields or key in op.rate_fields):
+            parsed = expressions.parse(value)
+            names = set(expressions.names(parsed))
+            if any(known.get(name) is None for name in names):
+                return None
+            try:
+                value = expressions.evaluate(parsed, {name: known[name] for name in names})
+            except expressions.ExprError:
+                return None
+            assumed.update({name: known[name] for name in names})
+        attrs[key] = value
+    return attrs
+
+
+def _same_instances(
+    wanted: dict[str, Any],
+    given: dict[str, Any],
+    blocks: dict[str, dict[str, Any]],
+    env: dict[str, Any],
+    equations: list[tuple[Any, Any]],
+    pool: list[int],
+) -> bool:
+    """Whether a library layer that instantiates a block (a submodule, a stage) gives the instance's: the same
+    block, and each argument (and a stage's `repeat` and `stride`) equal or an equation over the parameters."""
+    if wanted.get("block") != given["block"] or wanted.get("first_block") != given.get("first_block"):
+        return False
+    if wanted.get("first", {}) != given.get("first", {}):
+        return False
+    defaults = blocks[given["block"]]["params"]
+    pairs = [
+        (wanted.get("args", {}).get(key, defaults.get(key)), given["args"].get(key, defaults.get(key)))
+        for key in dict.fromkeys([*defaults, *given["args"], *wanted.get("args", {})])
+    ]
+    if "repeat" in given:  # a stage
+        pairs += [(wanted.get("repeat"), given["repeat"]), (wanted.get("stride", 1), given.get("stride", 1))]
+    for want, value in pairs:
+        if isinstance(want, str) and isinstance(value, int) and not isinstance(value, bool):
+            pool.append(value)
+            equations.append((expressions.parse(want), expressions.Const(value)))
+        elif isinstance(want, str):
+            if env.setdefault(want, value) != value:
+                return False
+        elif want != value:
+            return False
+    return True
 
 
 def rename(inst: Inst, renames: dict[str, str]) -> None:
@@ -325,7 +372,15 @@ def own_block(group: list[Inst], blocks: dict[str, dict[str, Any]], seeds: list[
         layers[name] = {"op": layer.op, "fields": fields, "inputs": layer.inputs, "module": layer.module}
     if first.output != list(first.layers)[-1]:
         raise ImportRefused(f"cannot import '{first.path}': it returns a value other than its last layer's")
-    return {"params": defaults, "layers": layers, "class": first.cls.rsplit(".", 1)[-1]}
+    return {"params": defaults, "layers": layers, "class": _class(first)}
+
+
+def _class(inst: Inst) -> str:
+    """The name a block of the spec's own is given after: its class, or a container's attribute (`stages`)."""
+    attribute = inst.path.rsplit(".", 1)[-1]
+    if inst.cls in CONTAINERS and attribute.isidentifier():
+        return attribute
+    return inst.cls.rsplit(".", 1)[-1]
 
 
 def _expression(values: list[Any], params: dict[str, list[Any]]) -> str | None:
@@ -348,3 +403,47 @@ def check_shortcut_layers(inst: Inst) -> None:
     for layer in inst.layers.values():
         if layer.op == SHORTCUT and layer.inputs != [INPUT]:
             raise ImportRefused(f"cannot import '{inst.path}': a shortcut that does not read the block's input")
+
+
+# ---- the classifier ---------------------------------------------------------------------------------------------
+
+
+def head_fields(layers: dict[str, dict[str, Any]], root: Inst) -> dict[str, Any]:
+    """The spec's top-level key that says what the model returns: `outputs` for a backbone (a model that returns a
+    list of features: timm's features_only), else `num_classes`, its classifier's width rewritten as it."""
+    if root.outputs is None:
+        return {"num_classes": classifier(layers, root.out_shape)}
+    if any(value not in layers for value in root.outputs) or len(set(root.outputs)) != len(root.outputs):
+        raise ImportRefused(
+            "cannot import: a backbone's features are each a distinct layer's output; this model returns "
+            f"{', '.join(root.outputs)}"
+        )
+    return {"outputs": list(root.outputs)}
+
+
+def classifier(layers: dict[str, dict[str, Any]], out_shape: tuple[int, ...]) -> int:
+    """The model's class count, its classifier's width rewritten as `num_classes`: the last top-level layer that
+    gives the model's (classes,) output, a linear layer, a 1x1 convolution of the classes or an instance of a
+    library block with one argument equal to the count (timm's ClassifierHead as `timm_v2_head`)."""
+    for entry in reversed(layers.values()):
+        if get(entry["op"]).input_rank == 1 and "out" in entry:  # a linear classifier
+            found = entry["out"]
+            entry["out"] = "num_classes"
+            return found
+    classes = out_shape[0] if len(out_shape) == 1 else None
+    for entry in reversed(layers.values() if classes is not None else ()):
+        definition = get(entry["op"])
+        if definition.is_convolution and entry.get("out") == classes:
+            entry["out"] = "num_classes"
+            return classes
+        if definition.instantiates_block:
+            keys = [key for key, value in entry.get("args", {}).items() if value == classes]
+            if len(keys) == 1:
+                entry["args"][keys[0]] = "num_classes"
+                return classes
+        if definition.has_weights or definition.instantiates_block:
+            break  # the last layer with weights is not a classifier
+    raise ImportRefused(
+        "cannot import: the model neither ends in a classifier (a linear layer, a 1x1 convolution of the classes, "
+        "a library head) nor returns a list of features (a backbone)"
+    )

@@ -18,7 +18,9 @@ def scalar(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value)
+        text = repr(value)
+        mantissa, exponent, power = text.partition("e")
+        return f"{mantissa}.0e{power}" if exponent and "." not in mantissa else text  # 1.0e-08: a float in YAML 1.1
     if isinstance(value, str):
         keyword = value.lower() in ("true", "false", "null", "yes", "no", "on", "off", "y", "n", "~")
         return value if _PLAIN.match(value) and not keyword else json.dumps(value)

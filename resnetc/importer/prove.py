@@ -56,6 +56,10 @@ def prove(text: str, stem: str, state: dict[str, Any], expected: Any, sample: An
     built.eval()
     with torch.no_grad():
         got = built(sample)
+    if isinstance(expected, (list, tuple)):  # a backbone's features, compared as one
+        if not isinstance(got, (list, tuple)) or [e.shape for e in expected] != [g.shape for g in got]:
+            raise ImportRefused("the imported spec's features are not the model's")
+        expected, got = (torch.cat([t.flatten(1) for t in ts], 1) for ts in (expected, got))
     if expected.shape != got.shape:
         raise ImportRefused(
             f"the imported spec's output shape {tuple(got.shape)} is not the model's {tuple(expected.shape)}"

@@ -52,6 +52,7 @@ class Inst:
     role: str = "block"  # block or projection
     block: str = ""  # the block (library or the spec's own) it is an instance of, once defined
     params: dict[str, Any] = field(default_factory=dict)  # its arguments
+    outputs: list[str] | None = None  # a backbone's features (the model returns a list of them), in order
 
     def walk(self) -> list[Inst]:
         found: list[Inst] = []
@@ -69,6 +70,8 @@ def record_shapes(model: Any, sample: Any) -> tuple[dict[int, tuple[tuple[int, .
 
     def hook(module: Any, inputs: Any, output: Any) -> None:
         if id(module) not in shapes and inputs and isinstance(inputs[0], torch.Tensor):
+            if isinstance(output, (list, tuple)) and output and all(isinstance(o, torch.Tensor) for o in output):
+                output = output[-1]  # a backbone's features: the last
             if isinstance(output, torch.Tensor):
                 shapes[id(module)] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
 
@@ -84,7 +87,10 @@ def record_shapes(model: Any, sample: Any) -> tuple[dict[int, tuple[tuple[int, .
     return shapes, output
 
 
-def is_stage(module: Any) -> bool:
+def is_stage(module: Any, shapes: dict[int, Any] | None = None) -> bool:
+    """A container whose children are blocks of one class, run one after the other, only the first changing
+    the size of the map (a stage's stride is its first block's); another container is a submodule whose
+    numbered children are submodules."""
     if isinstance(module, Scope):
         return module.stage
     import torch
@@ -95,38 +101,64 @@ def is_stage(module: Any) -> bool:
         and bool(children)
         and all(not recognise(c) and has_state(c) for c in children)
         and len({type(c) for c in children}) == 1
+        and all(_keeps_size(child, shapes) for child in children[1:])
     )
 
 
-def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0) -> Inst:
-    traced = module.traced if isinstance(module, Scope) else trace(module, path)
+def _keeps_size(module: Any, shapes: dict[int, Any] | None) -> bool:
+    if shapes is None or id(module) not in shapes:
+        return True
+    (_, *size_in), (_, *size_out) = shapes[id(module)]
+    return size_in == size_out
+
+
+def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0, stopped: list[str] | None = None) -> Inst:
+    """The module as an instance: its layers, its children's instances. With `stopped` (`--partial`, for the
+    model itself), the first layer that cannot be imported ends the layers, its reason appended to `stopped`."""
+    in_shape = shapes[id(module)][0] if id(module) in shapes else None
+    traced = module.traced if isinstance(module, Scope) else trace(module, path, in_shape, stopped)
     layers: dict[str, Layer] = {}
-    for step in traced.steps:
-        if step.child is None:
-            assert step.op is not None
-            fields = step.fields
-            if step.op == SUBMODULE:  # a module recognised as a whole library block: its arguments, defaults filled
-                fields = {"block": fields["block"], "args": library_params(fields["block"]) | fields["args"]}
-            layers[step.name] = Layer(step.op, fields, step.inputs, step.module)
-            continue
-        child_path = ".".join(p for p in (path, step.child_name) if p)
-        if is_stage(step.child):
-            blocks = [
-                analyse(block, f"{child_path}.{index}", shapes, depth + 1)
-                for index, block in enumerate(_children(step.child))
-            ]
-            layers[step.name] = Layer(STAGE, {}, step.inputs, children=blocks)
-        else:
-            layers[step.name] = Layer(
-                SUBMODULE, {}, step.inputs, child=analyse(step.child, child_path, shapes, depth + 1)
-            )
+    for step in traced.steps:  # (a refusal while tracing ended `traced.steps` already)
+        try:
+            _analyse_step(step, path, shapes, depth, layers)
+        except ImportRefused as refusal:
+            if stopped is None:
+                raise
+            stopped.append(str(refusal))
+            break
+    output, outputs = traced.output, traced.outputs
+    if stopped:  # ends at the last layer imported: its value is what the incomplete model returns
+        output, outputs = (list(layers)[-1] if layers else INPUT), None
     if id(module) not in shapes:
         raise ImportRefused(f"cannot import {describe(path, module)}: it is not called on a tensor in the forward pass")
     in_shape, out_shape = shapes[id(module)]
-    inst = Inst(path, module, class_path(module), layers, traced.output, in_shape, out_shape, depth)
+    if outputs is not None and depth:
+        raise ImportRefused(f"cannot import {describe(path, module)}: a block that returns several values")
+    inst = Inst(path, module, class_path(module), layers, output, in_shape, out_shape, depth)
+    inst.outputs = outputs
     if depth:
         _find_shortcut(inst, shapes)
     return inst
+
+
+def _analyse_step(step: Any, path: str, shapes: dict[int, Any], depth: int, layers: dict[str, Layer]) -> None:
+    """One traced step as a layer (a child module analysed as its instance)."""
+    if step.child is None:
+        assert step.op is not None
+        fields = step.fields
+        if step.op == SUBMODULE:  # a module recognised as a whole library block: its arguments, defaults filled
+            fields = {"block": fields["block"], "args": library_params(fields["block"]) | fields["args"]}
+        layers[step.name] = Layer(step.op, fields, step.inputs, step.module)
+        return
+    child_path = ".".join(p for p in (path, step.child_name) if p)
+    if is_stage(step.child, shapes):
+        blocks = [
+            analyse(block, f"{child_path}.{index}", shapes, depth + 1)
+            for index, block in enumerate(_children(step.child))
+        ]
+        layers[step.name] = Layer(STAGE, {}, step.inputs, children=blocks)
+    else:
+        layers[step.name] = Layer(SUBMODULE, {}, step.inputs, child=analyse(step.child, child_path, shapes, depth + 1))
 
 
 def _children(module: Any) -> list[Any]:
@@ -168,15 +200,23 @@ def _find_shortcut(inst: Inst, shapes: dict[int, Any]) -> None:
             if (
                 found is not None
                 and found.op == SUBMODULE
-                and found.inputs == [INPUT]
+                and len(found.inputs) == 1
                 and found.child is not None
                 and _uses(inst, source) == 1
+                and layer.inputs[1 - side] != source
             ):
                 projection = found.child
                 projection.role = "projection"
                 (_, in_h, _), (out_c, out_h, _) = projection.in_shape, projection.out_shape
-                stride = max(1, round(in_h / out_h))
-                inst.layers[source] = Layer(SHORTCUT, {"out": out_c, "stride": stride}, [INPUT], child=projection)
+                fields: dict[str, Any] = {"out": out_c, "stride": max(1, round(in_h / out_h))}
+                shortcut = Layer(SHORTCUT, fields, [INPUT], child=projection)
+                if found.inputs == [INPUT]:
+                    inst.layers[source] = shortcut
+                    return
+                # A pre-activation block projects a value computed in the block (its activated input), and is
+                # written first, where such blocks register the projection (its identity is the block's input).
+                fields["project_from"] = found.inputs[0]
+                inst.layers = {source: shortcut} | {k: v for k, v in inst.layers.items() if k != source}
                 return
 
 
@@ -184,16 +224,24 @@ def name_identity_shortcuts(root: Inst) -> None:
     """An identity shortcut takes the name of its class's projection (`downsample`), so that every instance
     of a block class has the same layers."""
     named: dict[str, str] = {}
+    projected_from: dict[str, str] = {}
     for inst in root.walk():
         for name, layer in inst.layers.items():
             if layer.op == SHORTCUT and layer.child is not None:
                 named.setdefault(inst.cls, name)
+                if "project_from" in layer.fields:
+                    projected_from.setdefault(inst.cls, layer.fields["project_from"])
     for inst in root.walk():
         if IDENTITY_SHORTCUT not in inst.layers:
             continue
         wanted = named.get(inst.cls, "downsample")
         while wanted in inst.layers:
             wanted += "_"
+        projected = projected_from.get(inst.cls)
+        if projected is not None and projected in inst.layers:  # where the class's projections are: first
+            inst.layers[IDENTITY_SHORTCUT].fields["project_from"] = projected
+            first = {IDENTITY_SHORTCUT: inst.layers[IDENTITY_SHORTCUT]}
+            inst.layers = first | {k: v for k, v in inst.layers.items() if k != IDENTITY_SHORTCUT}
         inst.layers = {(wanted if key == IDENTITY_SHORTCUT else key): value for key, value in inst.layers.items()}
         for layer in inst.layers.values():
             layer.inputs = [wanted if i == IDENTITY_SHORTCUT else i for i in layer.inputs]
