@@ -148,6 +148,7 @@ def test_outputs_are_weights_and_logs(trained) -> None:
         "input_size": [8, 8],
     }
     assert log["dataset"]["train"] == 96 and log["dataset"]["test"] == 40 and log["processes"] == 1
+    assert log["speed"] == {"channels_last": False, "amp": None, "compile": False, "workers": 0}
     state = load_file(trained / "resnet20.safetensors")
     model = resnetc.build(SPEC, num_classes=10, in_channels=1)
     model.load_state_dict(state, strict=True)  # the state_dict's keys, num_batches_tracked included

@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from resnetc.train.loop import Recipe
+    from resnetc.train.loop import Recipe, Speed
 
     augment = () if args.augment == "none" else tuple(part.strip() for part in args.augment.split(","))
     recipe = Recipe(
@@ -202,6 +202,7 @@ def _train(args: argparse.Namespace) -> int:
         crop_padding=args.crop_padding,
         seed=args.seed,
     )
+    speed = Speed(channels_last=args.channels_last, amp=args.amp, compile=args.compile, workers=args.workers)
     _refuse_empty_out(args)
     _refuse_shared_stems(args.specs)
 
@@ -221,6 +222,7 @@ def _train(args: argparse.Namespace) -> int:
             num_classes=args.num_classes,
             in_channels=args.in_channels,
             device=args.device,
+            speed=speed,
             progress=not args.quiet and sys.stderr.isatty(),
             on_epoch=report,
         )

@@ -138,6 +138,26 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--crop-padding", type=int, default=4)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument(
+        "--channels-last", action="store_true", help="the model and its batches in NHWC (channels-last) layout"
+    )
+    train.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=("auto", "bf16", "fp16"),
+        help="automatic mixed precision: bf16 on the CPU, fp16 (with loss scaling) on CUDA; --amp alone picks",
+    )
+    train.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (inductor; the first epoch pays the compile)"
+    )
+    train.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that make the batches while the model trains (default 0: this process)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--error-format", choices=("text", "json"), default="text")
     train.add_argument("--num-classes", type=int, help="replace the spec's num_classes")

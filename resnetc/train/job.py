@@ -21,7 +21,7 @@ from resnetc.core.files import write_all_atomic
 from resnetc.core.options import out_folder
 from resnetc.frontend.load import LoadedSpec
 from resnetc.train.data import Dataset, read_dataset
-from resnetc.train.loop import Epoch, Processes, Recipe, distribute, fit, processes
+from resnetc.train.loop import Epoch, Processes, Recipe, Speed, distribute, fit, processes
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,12 @@ def train(
     num_classes: int | None = None,
     in_channels: int | None = None,
     device: str = "auto",
+    speed: Speed | None = None,
     progress: bool = True,
     on_epoch: Callable[[Epoch], None] | None = None,
 ) -> TrainResult:
-    """Train the spec's generated module on `data` (see `resnetc.train.data`) and write the results."""
+    """Train the spec's generated module on `data` (see `resnetc.train.data`) and write the results.
+    `speed` (channels-last, mixed precision, torch.compile, batch workers) changes how fast, not what."""
     from safetensors.torch import save as safetensors_bytes
 
     from resnetc.api import build, load
@@ -86,6 +88,9 @@ def train(
     dataset = read_dataset(data)
     fitted = _fitted(loaded, dataset, num_classes, in_channels)
     where = processes(device)
+    speed = speed or Speed()
+    speed_record = speed.record(where.device)  # refuses what the device cannot run (--amp fp16 on the CPU)
+    speed.check_compile(where.device)
     out_dir = out_folder(out_dir)
     paths = {kind: out_dir / f"{loaded.stem}.{kind}" for kind in ("safetensors", "csv", "json")}
     # The run's progress goes to `<stem>.partial.csv` and `.json`; the three outputs are written together at
@@ -97,7 +102,7 @@ def train(
         "input_size": list(fitted.spec.input[1:]),
     }
     torch.manual_seed(recipe.seed)  # the generated module's He initialisation draws from torch's generator
-    module = distribute(build(fitted), where)
+    module = distribute(build(fitted), where, speed)
 
     def summary(history: list[Epoch]) -> bytes:
         record = {
@@ -113,6 +118,7 @@ def train(
                 "normalisation": {"mean": dataset.mean, "std": dataset.std},
             },
             "recipe": asdict(recipe),
+            "speed": speed_record,
             "processes": where.world,
             "device": where.device.type,
             "torch": torch.__version__,
@@ -129,7 +135,7 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch)
 
-    history = fit(module, dataset, recipe, where, progress=progress, on_epoch=log)
+    history = fit(module, dataset, recipe, where, speed=speed, progress=progress, on_epoch=log)
     if where.main:
         inner = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
         state = {key: value.detach().cpu().contiguous() for key, value in inner.state_dict().items()}
