@@ -74,7 +74,7 @@ def test_runs_without_resnetc_installed(tmp_path) -> None:
     assert result.stdout.strip() == "(1, 7) False"
 
 
-@pytest.mark.parametrize("stem", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stem", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_trains_at_any_surviving_size(stem: str) -> None:
     torch.manual_seed(0)
     model = generated_class(stem)(num_classes=4, in_channels=2)
@@ -142,7 +142,14 @@ LOSS_FALLS = [
 ]
 
 
-@pytest.mark.parametrize("stem", by_size(SPEC_IDS, SPEC_IDS))
+# resnet110 is resnet20's blocks 18 per stage: slow, to keep the fast suite within its 5 minutes.
+@pytest.mark.parametrize(
+    "stem",
+    [
+        p if p.id != "resnet110" else pytest.param("resnet110", marks=pytest.mark.slow)
+        for p in by_size(SPEC_IDS, SPEC_IDS)
+    ],
+)
 def test_every_generated_module_trains(stem: str) -> None:
     size = 32 if resnetc.info(ROOT / "specs" / f"{stem}.yaml").input[1] == 32 else 64
     torch.manual_seed(0)

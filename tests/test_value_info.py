@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, shape_inference
 
 import resnetc
 from resnetc.backends.onnx.graph import needs_external_data
+from resnetc.core.errors import UsageError
 from resnetc.frontend.load import load_spec_text
 from tests.conftest import ROOT, cpu_session
 
@@ -198,6 +199,7 @@ def test_int8_declares_the_tensors_between_the_split_attention_ops(tmp_path) -> 
 # ---- every shipped spec, every variant (slow) ---------------------------------------------------------------
 
 SHIPPED = sorted((ROOT / "specs").rglob("*.yaml"))
+SEEDED_OVERFLOW = {"resnet1202", "preact_resnet1001"}  # activations reach inf at their seeded initialisation
 VARIANTS = ("float32", "float16", "int8")  # float32: symbolic, and static against it
 
 
@@ -219,5 +221,9 @@ def test_every_shipped_spec_declares_every_tensor(spec: Path, variant: str, tmp_
         images = np.random.default_rng(5).standard_normal((2, *model.input_shape), dtype=np.float32)
         np.save(tmp_path / "images.npy", images)
         options["calibration"] = str(tmp_path / "images.npy")
+        if spec.stem in SEEDED_OVERFLOW:  # seeded weights of a 1,000-layer net overflow float32: a clear refusal
+            with pytest.raises(UsageError, match="no finite range"):
+                resnetc.to_onnx(model, **options)
+            return
     proto = resnetc.to_onnx(model, **options)
     assert_fully_shaped(proto, static=False)

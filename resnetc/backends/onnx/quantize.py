@@ -1,17 +1,30 @@
-"""Static int8 quantization of a folded ONNX graph, with onnxruntime's own tooling (QDQ format).
+"""Static int8 quantization of a folded ONNX graph, with onnxruntime's own tooling.
 
-Weights are int8 per output channel; activations are uint8 by default, the layout onnxruntime's x86
-kernels run fastest (measured on resnet50 at batch 8 on 2 cores: uint8 activations 4.2x fp32, int8
-activations 1.1x, because the int8 x int8 convolutions fall back to slower kernels). BatchNorm is folded
-first (`fold_batchnorm`), so no fp32 BatchNormalization is left between quantize/dequantize pairs; the
-residual adds are quantized like every other op onnxruntime supports.
+What `--dtype int8` writes (`DEFAULT`): BatchNorm folded first (`fold_batchnorm`, so no fp32
+BatchNormalization is left between quantized convolutions), QDQ format, per-channel symmetric int8 weights,
+uint8 activations, MinMax calibration. onnxruntime turns that file, at load time and with default session
+options, into a graph that is int8 from the input's QuantizeLinear to the output's DequantizeLinear: every Conv
+a QLinearConv (in NHWC, on the x86 symmetric-weight kernels, AVX512-VNNI here), every residual Add a
+QLinearAdd, MaxPool, GlobalAveragePool and Gemm quantized, every ReLU absorbed into its producer's range.
+
+The other `Recipe`s are the candidates `benchmarks/bench.py --sections int8-formats` compares (the table is in
+docs/performance.md, "int8 formats"). Measured on resnet50 at batch 8 on 2 threads, against fp32: the default
+3.3x; the QOperator format, per-tensor weights, reduce_range, onnxruntime's `quant_pre_process`, an
+offline-optimised file and other calibration methods all load into the same kernels as the default (53
+QLinearConv, 16 QLinearAdd) and run at its speed within the machine's noise; int8 activations (S8S8: 20 of 53
+convolutions stay float) and uint8 weights (U8U8: the u8 x u8 GEMM) run at fp32's speed or slower; BatchNorm left
+unfolded stays a float op after every quantized convolution (1.1-1.2x); kept ReLUs cost a Q/DQ pair each (2.5x).
+`restore` declares the tensors of the QDQ format; a QOperator graph keeps only our own tensors' declarations.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +33,81 @@ import onnx
 from resnetc.core.errors import UsageError
 
 ACTIVATIONS = ("uint8", "int8")
+WEIGHTS = ("int8", "uint8")
+FORMATS = ("qdq", "qoperator")
+METHODS = ("minmax", "entropy", "percentile")
 MAX_CALIBRATION_BYTES = 2**31  # read at most 2 GiB of calibration images
 BATCH = 8
+
+
+@contextlib.contextmanager
+def _calibration_refusals() -> Iterator[None]:
+    """onnxruntime's quantizer asserts where calibration gives an activation no usable range (a 1,202-layer net at
+    its seeded initialisation overflows float32 to inf): a clear refusal, not an internal error."""
+    try:
+        yield
+    except AssertionError as error:
+        raise UsageError(
+            f"int8 calibration gave an activation no finite range (onnxruntime: {error or 'assertion'}); calibrate "
+            "trained weights (--weights) on images like those the model will see, or compile in float32"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How onnxruntime's `quantize_static` is asked to quantize: its knobs, by their meaning."""
+
+    format: str = "qdq"  # "qdq": Q/DQ pairs around float ops, fused at load time; "qoperator": QLinearConv & co.
+    per_channel: bool = True  # a weight scale per output channel, else one per tensor
+    activations: str = "uint8"
+    weights: str = "int8"
+    reduce_range: bool = False  # 7-bit weights: for x86 CPUs without VNNI, whose u8 x s8 products can saturate
+    method: str = "minmax"  # how activation ranges are calibrated
+    pre_process: bool = False  # onnxruntime's quant_pre_process first: shape inference and basic optimisation
+    keep_activations: bool = False  # ReLUs kept as ops with their own Q/DQ (QDQKeepRemovableActivations)
+    float_logits: bool = False  # the classifier (Gemm) writes float logits: its output is not quantized
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("format", FORMATS),
+            ("activations", ACTIVATIONS),
+            ("weights", WEIGHTS),
+            ("method", METHODS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"int8 {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def describe(self) -> str:
+        """`QDQ, per-channel weights, uint8 activations`, and whatever differs from the default."""
+        parts = [
+            "QDQ" if self.format == "qdq" else "QOperator",
+            f"{'per-channel' if self.per_channel else 'per-tensor'} weights",
+            f"{self.activations} activations",
+        ]
+        if self.weights != "int8":
+            parts.append(f"{self.weights} weights")
+        for field in fields(self):
+            if field.name not in ("format", "per_channel", "activations", "weights"):
+                value = getattr(self, field.name)
+                if value != field.default:
+                    parts.append(field.name.replace("_", " ") if value is True else f"{field.name} {value}")
+        return ", ".join(parts)
+
+
+DEFAULT = Recipe()
 
 
 @dataclass(frozen=True)
 class QuantizeReport:
     samples: int
-    activations: str
+    recipe: Recipe = DEFAULT
+
+    @property
+    def activations(self) -> str:
+        return self.recipe.activations
 
     def __str__(self) -> str:
-        details = f"QDQ, per-channel weights, {self.activations} activations, {self.samples} calibration images"
-        return f"quantized to int8 ({details})"
+        return f"quantized to int8 ({self.recipe.describe()}, {self.samples} calibration images)"
 
 
 def read_calibration(path: str | Path, channels: int) -> np.ndarray:
@@ -54,22 +130,33 @@ def read_calibration(path: str | Path, channels: int) -> np.ndarray:
 
 
 def quantize(
-    model: onnx.ModelProto, images: np.ndarray, activations: str = "uint8"
+    model: onnx.ModelProto, images: np.ndarray, recipe: Recipe | str = DEFAULT
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
-    """The model quantized statically on `images` (its input `input`), QDQ, per-channel int8 weights."""
-    if activations not in ACTIVATIONS:
-        raise UsageError(f"activations must be one of {', '.join(ACTIVATIONS)}")
+    """The model quantized statically on `images` (its input `input`) by `recipe` (the default: what `--dtype
+    int8` writes; "uint8" or "int8" for the default with those activations), our names, shapes and provenance
+    given back."""
+    if isinstance(recipe, str):
+        if recipe not in ACTIVATIONS:
+            raise UsageError(f"activations must be one of {', '.join(ACTIVATIONS)}")
+        recipe = Recipe(activations=recipe)
     root = logging.getLogger()  # onnxruntime's tooling advises on the root logger: resnetc says what matters
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return _quantize(model, images, activations), QuantizeReport(len(images), activations)
+        return _quantize(model, images, recipe), QuantizeReport(len(images), recipe)
     finally:
         root.setLevel(level)
 
 
-def _quantize(model: onnx.ModelProto, images: np.ndarray, activations: str) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def _quantize(model: onnx.ModelProto, images: np.ndarray, recipe: Recipe) -> onnx.ModelProto:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     size = _static_batch(model)
     batches = (
@@ -83,18 +170,38 @@ def _quantize(model: onnx.ModelProto, images: np.ndarray, activations: str) -> o
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    extra: dict[str, object] = {}
+    if recipe.keep_activations:
+        extra["QDQKeepRemovableActivations"] = True
+    if recipe.float_logits:
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
     with tempfile.TemporaryDirectory(prefix="resnetc-int8-") as folder:  # the tooling reads and writes files
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         onnx.save_model(model, source)
-        quantize_static(
-            source,
-            target,
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )
+        if recipe.pre_process:
+            # onnx's shape inference and onnxruntime's basic optimisations; its symbolic shape inference is left
+            # out: it fails on option-A shortcuts (Pad of a symbolic size), and every tensor is declared already.
+            quant_pre_process(source, Path(folder) / "pre.onnx", skip_symbolic_shape=True)
+            source = Path(folder) / "pre.onnx"
+        with contextlib.redirect_stdout(io.StringIO()), _calibration_refusals():  # calibrators print progress
+            quantize_static(
+                source,
+                target,
+                Batches(),
+                quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=types[recipe.activations],
+                weight_type=types[recipe.weights],
+                calibrate_method=methods[recipe.method],
+                extra_options=extra,
+            )
         return restore(onnx.load_model(target), model)
 
 
