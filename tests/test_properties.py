@@ -797,7 +797,7 @@ def mutated_specs(draw: st.DrawFn) -> tuple[str, str]:
     return name, yaml.safe_dump(data, sort_keys=False)
 
 
-@settings(max_examples=400, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
 @given(case=mutated_specs(), seed=st.integers(0, 2**32 - 1))
 def test_mutated_shipped_specs(case: tuple[str, str], seed: int) -> None:
     _, text = case
