@@ -40,7 +40,7 @@ SMALL_MODEL_NODES = 1_000
 # No "explain" phase: it replays a failure about a hundred times, twenty seconds per failing test here.
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 
-MODELS = settings(max_examples=60, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
+MODELS = settings(max_examples=40, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
 
 
 def event(note: str) -> None:
@@ -693,7 +693,7 @@ spec_shaped_data = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, phases=PHASES, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(yaml_data, spec_shaped_data))
 def test_arbitrary_yaml_data_gives_only_located_spec_errors(data: Any) -> None:
     text = yaml.safe_dump(data, sort_keys=False)
