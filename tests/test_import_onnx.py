@@ -23,20 +23,9 @@ from resnetc.cli import main
 from resnetc.frontend.load import load_spec_text
 from resnetc.importer import ImportRefused
 from tests.conftest import cpu_session
+from tests.test_import import TORCHVISION, _randomised
 
 SIDE = 32
-
-
-def _randomised(model: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm statistics and affines that are not the identity: folding them then changes every weight."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                for tensor in (module.weight, module.bias, module.running_mean):
-                    tensor.copy_(torch.rand(tensor.shape, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return model.eval()
 
 
 def export(model: torch.nn.Module, path: Path, exporter: str, folded: bool, side: int = SIDE) -> Path:
@@ -137,20 +126,6 @@ def test_refusals_name_the_node(tmp_path) -> None:
         resnetc.import_model(str(tmp_path / "custom.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x01garbage" * 10)
     assert main(["import", str(tmp_path / "junk.onnx"), "--out", str(tmp_path)]) == 2
-
-
-TORCHVISION = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
 
 
 @pytest.mark.slow
