@@ -69,29 +69,3 @@ def test_float16_graph_agrees_with_float32_within_the_measured_bound(resnet50) -
     clear = (top2[:, 1] - top2[:, 0]) > 0.01 * scale
     assert clear.sum() >= 24
     assert (half.argmax(1) == reference.argmax(1))[clear].mean() >= 0.99
-
-
-def test_weight_standardisation_is_computed_at_compile_time() -> None:
-    """BiT's inference graph holds plain Convs whose weights are the standardised filters the eval-mode module
-    computes, not the arithmetic that recomputed them on every load (issue 22): 1,153 nodes before, of which 424
-    computed weights; the outputs still agree with the module."""
-    spec = ROOT / "specs" / "timm" / "resnetv2_50x1_bit.yaml"
-    module = resnetc.build(spec, input_size=(64, 64)).eval()
-    exercise_batchnorm(module, seed=5)
-    with torch.no_grad():  # non-trivial filters: a mean and a spread that standardisation changes
-        for parameter in module.parameters():
-            if parameter.ndim == 4:
-                parameter.mul_(1.7).add_(0.05)
-    built = resnetc.build_onnx(spec, weights=state_arrays(module), input_size=(64, 64))
-    proto = built.proto
-    kinds = [node.op_type for node in proto.graph.node]
-    assert "ReduceMean" not in kinds and "Sqrt" not in kinds and len(kinds) == 729
-    stored = {item.name: onnx.numpy_helper.to_array(item) for item in proto.graph.initializer}
-    conv = module.stages[1].blocks[0].conv2
-    flat = conv.weight.detach().reshape(conv.out_channels, -1)
-    expected = torch.nn.functional.batch_norm(flat[None], None, None, training=True, eps=conv.eps)[0]
-    np.testing.assert_allclose(stored["stages.1.blocks.0.conv2.weight"], expected.reshape_as(conv.weight), atol=2e-6)
-    assert "fold_weights: 53 weight-standardised convolutions as plain ones" in built.weights_origin
-    batch = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
-    with torch.no_grad():
-        assert_agree(cpu_session(proto).run(None, {"input": batch})[0], module(torch.from_numpy(batch)).numpy())

@@ -217,10 +217,17 @@ class IdentityFields(LayerFields):
 @register
 class Identity(_Elementwise):
     fields = IdentityFields
-    doc = "the input itself (`nn.Identity`, ONNX `Identity`): a named place to hook, or a disabled layer"
+    doc = (
+        "the input itself (`nn.Identity`; in ONNX no node, or an `Identity` where it is a graph output): "
+        "a named place to hook, or a disabled layer"
+    )
     torch_class, onnx_type = "nn.Identity", "Identity"
     aliases_input = True
     torch_classes = ("torch.nn.modules.linear.Identity",)
 
     def identity_at(self, attrs: dict[str, Any]) -> bool:
+        return True
+
+    def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
+        graph.same(output, inputs[0])
         return True

@@ -111,7 +111,18 @@ class OnnxGraph(Protocol):
     def tensor(self, name: str, values: np.ndarray) -> str: ...
 
     def shape_of(self, value: str, name: str) -> str:
-        """The int64 `Shape` of `value`, computed by a node called `name` (for a reshape back to it)."""
+        """The int64 shape of `value` (for a reshape back to it): a `Shape` node called `name`, or the one already
+        made for a tensor of the same declared dimensions, or a constant where they are all numbers."""
+        ...
+
+    def parameter(self, key: str, dims: Sequence[int]) -> str:
+        """The state_dict weight `key`, its initializer laid out as `dims` (same values in the same order): a
+        per-channel (C,) parameter stored as (C, 1, 1) broadcasts over a map with no node to reshape it."""
+        ...
+
+    def same(self, output: str, value: str) -> None:
+        """The op's `output` is `value` itself at inference (a dropout, a stride-1 blur): no node is written and
+        later nodes read `value`, unless `output` is a graph output (then an `Identity` names it)."""
         ...
 
 

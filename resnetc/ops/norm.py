@@ -184,13 +184,7 @@ class GroupNorm(Op):
         )
         shape = graph.shape_of(inputs[0], f"{name}.shape")
         graph.node("Reshape", [normalised, shape], [restored], restored, shape=graph.dims(inputs[0]))
-        axes = graph.constant(f"{name}.axes", [1, 2])
-        scale, shift, scaled = f"{name}.scale", f"{name}.shift", f"{name}.scaled"
-        per_channel = [node.attrs["channels"], 1, 1]
-        graph.node("Unsqueeze", [f"{name}.weight", axes], [scale], scale, shape=per_channel)
-        graph.node("Unsqueeze", [f"{name}.bias", axes], [shift], shift, shape=per_channel)
-        graph.node("Mul", [restored, scale], [scaled], scaled, shape=graph.dims(inputs[0]))
-        graph.node("Add", [scaled, shift], [output], name)
+        _affine(graph, node, restored, output, name)
         return True
 
 
@@ -201,11 +195,9 @@ def _grouped(graph: OnnxGraph, value: str, groups: int) -> list[Dim]:
 
 
 def _per_channel(graph: OnnxGraph, node: Node, key: str) -> str:
-    """The (C,) parameter `key` of `node` as (C, 1, 1), to broadcast over an (N, C, H, W) map."""
-    shaped = f"{node.name}.{key}_per_channel"
-    axes = graph.constant(f"{shaped}.axes", [1, 2])
-    graph.node("Unsqueeze", [f"{node.name}.{key}", axes], [shaped], shaped, shape=[node.attrs["channels"], 1, 1])
-    return shaped
+    """The (C,) parameter `key` of `node`, its initializer stored as (C, 1, 1) to broadcast over an (N, C, H, W)
+    map (the values are the state_dict's; only the initializer's dimensions differ)."""
+    return graph.parameter(f"{node.name}.{key}", [node.attrs["channels"], 1, 1])
 
 
 def _mean(graph: OnnxGraph, value: str, axes: list[int], result: str) -> str:

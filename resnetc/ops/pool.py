@@ -246,7 +246,7 @@ class AdaptiveAvgPool(Op):
         """Exact only where every cell has the same size: the input a multiple of the output (equal: identity)."""
         height, width, size = node.attrs["in_height"], node.attrs["in_width"], node.attrs["size"]
         if (height, width) == (size, size):
-            graph.node("Identity", inputs, [output], node.name)
+            graph.same(output, inputs[0])
             return True
         if height % size or width % size:
             raise SpecError.at(
@@ -353,7 +353,7 @@ class BlurPool(Op):
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
         a, name = node.attrs, node.name
         if a["stride"] == 1:
-            graph.node("Identity", inputs, [output], name)
+            graph.same(output, inputs[0])
             return True
         p, size, channels = a["padding"], a["filter"], a["in_channels"]
         padded = f"{name}.padded"

@@ -69,5 +69,5 @@ class DropPath(Op):
         )
 
     def onnx(self, node: Node, inputs: list[str], output: str, graph: OnnxGraph) -> bool:
-        graph.node("Identity", inputs, [output], node.name)  # the graph is for inference
+        graph.same(output, inputs[0])  # the graph is for inference
         return True

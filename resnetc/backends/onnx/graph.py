@@ -32,10 +32,15 @@ class _GraphBuilder:
     """What an op's ONNX emitter writes into (`resnetc.ops.base.OnnxGraph`): nodes and constants, each output with
     its declared element type and dimensions (`shapes`), from which every `value_info` of the graph is written."""
 
-    def __init__(self, opset: int, numpy_type: type, onnx_type: int) -> None:
+    def __init__(self, opset: int, numpy_type: type, onnx_type: int, outputs: set[str]) -> None:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.shapes: dict[str, tuple[int, list[Dim]]] = {}  # tensor -> (element type, dimensions)
+        self.layouts: dict[str, list[int]] = {}  # weight -> its initializer's dimensions, where not the state_dict's
+        self.aliases: dict[str, str] = {}  # an op's output -> the tensor it is at inference (`same`)
+        self._outputs = outputs  # the graph's outputs: each must be made by a node
+        self._constants: dict[tuple[int, tuple[int, ...], bytes], str] = {}  # (type, dims, bytes) -> its Constant
+        self._shapes_made: dict[tuple[Dim, ...], str] = {}  # declared dimensions -> the tensor holding them
         self._numpy_type = numpy_type
         self._onnx_type = onnx_type
         self.current: Node | None = None  # the IR node being emitted, to blame for a constant out of range
@@ -87,8 +92,14 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
 
     def _constant(self, name: str, tensor: onnx.TensorProto) -> str:
+        """A Constant node, or the one already written with the same type, dimensions and values: a graph of
+        fifty group norms holds their shared operands once."""
+        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
+        if key in self._constants:
+            return self._constants[key]
         self.declare(name, list(tensor.dims), tensor.data_type)
         self.node("Constant", [], [name], name, value=tensor)
+        self._constants[key] = name
         return name
 
     def constant(self, name: str, values: list[int]) -> str:
@@ -104,10 +115,30 @@ class _GraphBuilder:
         return self._constant(name, numpy_helper.from_array(self._in_compute_type(name, value), name=name))
 
     def shape_of(self, value: str, name: str) -> str:
-        """The int64 Shape of `value`: its rank, one number each."""
-        self.declare(name, [len(self.dims(value))], TensorProto.INT64)
-        self.node("Shape", [value], [name], name)
-        return name
+        """The int64 shape of `value`: a Constant where every dimension is a number, else one Shape node per
+        distinct declared dimensions (equal symbols are equal sizes at every input size: `spatial_symbols`)."""
+        dims = tuple(self.dims(value))
+        if all(isinstance(dim, int) for dim in dims):
+            return self.constant(name, [int(dim) for dim in dims])
+        if dims not in self._shapes_made:
+            self.declare(name, [len(dims)], TensorProto.INT64)
+            self.node("Shape", [value], [name], name)
+            self._shapes_made[dims] = name
+        return self._shapes_made[dims]
+
+    def parameter(self, key: str, dims: Sequence[int]) -> str:
+        """The weight `key`, its initializer laid out as `dims` (`build` checks that the sizes agree)."""
+        layout = [int(dim) for dim in dims]
+        if self.layouts.setdefault(key, layout) != layout:
+            raise AssertionError(f"weight {key} laid out as {layout} and as {self.layouts[key]}")
+        return key
+
+    def same(self, output: str, value: str) -> None:
+        """`output` is `value` at inference: later nodes read `value`; a graph output gets its Identity."""
+        if output in self._outputs:
+            self.node("Identity", [value], [output], self.current.name if self.current is not None else output)
+        else:
+            self.aliases[output] = self.aliases.get(value, value)
 
 
 def spatial_symbols(model: Model) -> dict[str, tuple[str | int, str | int]]:
@@ -203,7 +234,10 @@ def build(
     numpy_type, onnx_type = DTYPES[dtype]
     graph = model.graph
     symbols = {} if static else (symbols or spatial_symbols(model))
-    builder = _GraphBuilder(opset, numpy_type, onnx_type)
+    # The graph's outputs: `logits`, or one per backbone feature, named after its layer.
+    named = {value: name for name, value in (graph.features or {OUTPUT: graph.output}).items()}
+    outputs = set(named.values())
+    builder = _GraphBuilder(opset, numpy_type, onnx_type, outputs if dtype == "float32" else set())
     nodes = builder.nodes
     builder.declare(INPUT, _dims(graph.input_shape, symbols.get("input"), batch), TensorProto.FLOAT)
     source = INPUT
@@ -212,25 +246,22 @@ def build(
         builder.node("Cast", [INPUT], [source], "cast_input", shape=builder.dims(INPUT), to=onnx_type)
         nodes[-1].doc_string = f"--dtype {dtype}: the input in {dtype}"
     renamed = {"input": source}
-    # The graph's outputs: `logits`, or one per backbone feature, named after its layer.
-    named = {value: name for name, value in (graph.features or {OUTPUT: graph.output}).items()}
     for node in graph.nodes:
         inputs = [renamed.get(name, name) for name in node.inputs]
         output = named[node.name] if node.name in named and dtype == "float32" else node.name
-        renamed[node.name] = output
         builder.declare(output, _dims(node.shape, symbols.get(node.name), batch))  # the op's shape rule's
         first = len(nodes)
         builder.current = node
         if not ops.get(node.op).onnx(node, inputs, output, builder):
             raise unsupported("ONNX", node.op, node.name, node.where, f"at opset {opset}")
+        renamed[node.name] = builder.aliases.get(output, output)
         for emitted in nodes[first:]:
             emitted.doc_string = _provenance(node)
     if dtype != "float32":
         for value, name in named.items():
             builder.declare(name, builder.dims(value), TensorProto.FLOAT)
-            builder.node("Cast", [value], [name], f"cast_{name}", to=TensorProto.FLOAT)
+            builder.node("Cast", [renamed[value]], [name], f"cast_{name}", to=TensorProto.FLOAT)
             nodes[-1].doc_string = f"--dtype {dtype}: {name} in float32"
-    outputs = set(named.values())
 
     def declared(name: str) -> onnx.ValueInfoProto:
         element, dims = builder.shapes[name]
@@ -256,9 +287,12 @@ def build(
     )
     # Weights go straight into the finished model: make_graph and make_model would each copy them.
     offset = 0
-    for key, shape in graph.tensors().items():
+    for key, stored in graph.tensors().items():
+        shape = builder.layouts.get(key, list(stored))
+        if math.prod(shape) != math.prod(stored):
+            raise AssertionError(f"weight {key} {list(stored)} cannot be laid out as {shape}")
         if external is None and not deferred:
-            array = checked_cast(key, weights[key], numpy_type)
+            array = checked_cast(key, weights[key], numpy_type).reshape(shape)
             proto.graph.initializer.append(numpy_helper.from_array(array, name=key))
             continue
         tensor = proto.graph.initializer.add(name=key, dims=list(shape), data_type=onnx_type)
