@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 import resnetc
 from resnetc.cli import main
 from resnetc.core.errors import UsageError
+from resnetc.runtime.inputs import top_k
 from resnetc.train.data import digits, read_dataset
 from resnetc.train.loop import Recipe, _augment
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cpu_session
 
 SPEC = str(ROOT / "specs" / "resnet20.yaml")
 TINY = ["--in-channels", "1", "--batch-size", "16", "--quiet"]
@@ -294,6 +295,24 @@ def test_preprocessing_travels_with_trained_weights(data, trained, tmp_path, cap
         f'key: "resnetc.preprocessing.mean" value: {{ string_value: "{metadata["resnetc.preprocessing.mean"]}" }}'
         in config
     )
+    # `run --preprocess` feeds raw pixels as training saw them: the same logits as the normalised test images.
+    raw = tmp_path / "raw.npy"
+    with np.load(data) as archive:
+        np.save(raw, archive["x_test"])
+    model_file = str(tmp_path / "resnet20.onnx")
+    capsys.readouterr()
+    assert main(["run", model_file, "--input", str(raw), "--preprocess", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "preprocessing (the model's metadata): scale 0.00392157, mean [" in printed
+    expected = cpu_session(onnx.load(model_file)).run(None, {"input": dataset.test.images})[0]
+    top5 = ", ".join(f"{index}: {score:.4f}" for index, score in top_k(expected[0], 5))
+    assert f"top-5 of row 0: {top5}" in printed
+    assert main(["run", model_file, "--input", str(raw)]) == 2  # raw pixels without --preprocess
+    assert "dtype uint8; the model takes float32 (raw pixels? --preprocess" in capsys.readouterr().err
+    assert main(["run", model_file, "--preprocess"]) == 2  # nothing to prepare
+    assert main(["compile", SPEC, "--target", "onnx", *flags[:4], "--out", str(tmp_path / "plain")]) == 0
+    assert main(["run", str(tmp_path / "plain" / "resnet20.onnx"), "--input", str(raw), "--preprocess"]) == 2
+    assert "records no resnetc.preprocessing.mean" in capsys.readouterr().err
     # A model that takes another channel count than the training images had (its first layer reinitialised for
     # 3 channels) is refused, not labelled with a 1-channel mean and std.
     argv = ["compile", SPEC, "--target", "onnx", "--weights", str(weights), "--reinit", "conv1", "--num-classes", "10"]

@@ -145,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from resnetc.runtime.inputs import check_signature, make_batch, model_source, ort_failure, top_k
+    from resnetc.runtime.preprocess import recorded
     from resnetc.runtime.session import create_session, infer, median_latency
 
     if args.repeats < 1:
@@ -160,7 +161,12 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - onnxruntime's refusals (unknown op, opset, graph) have many types
         raise ort_failure(path, "load", error) from None
     check_signature(session, path)
-    batch = make_batch(session, args.input, 1 if args.batch is None else args.batch)
+    preprocessing = None
+    if args.preprocess:
+        if args.input is None:
+            raise UsageError("--preprocess prepares the pixels of --input FILE.npy; the seeded batch needs none")
+        preprocessing = recorded(session.get_modelmeta().custom_metadata_map)
+    batch = make_batch(session, args.input, 1 if args.batch is None else args.batch, preprocessing)
     try:
         results = session.run(None, {session.get_inputs()[0].name: batch})
         logits = infer(session, batch)
@@ -169,6 +175,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ort_failure(path, "run", error) from None
     print(f"model: {shown(args.model)}")
     print(f"provider: {session.get_providers()[0]}")
+    if preprocessing is not None:
+        print(f"preprocessing (the model's metadata): {preprocessing.describe()}")
     if len(results) == 1 and logits.ndim == 2:
         print(f"input: {list(batch.shape)} -> output: {list(logits.shape)}")
         print("top-5 of row 0: " + ", ".join(f"{index}: {score:.4f}" for index, score in top_k(logits[0], 5)))

@@ -222,6 +222,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("model", metavar="MODEL.onnx")
     run.add_argument("--input", help="a .npy array [N, C, H, W] (default: random, seeded)")
     run.add_argument("--batch", type=int, help="images in the seeded batch (default 1; not with --input)")
+    run.add_argument(
+        "--preprocess",
+        action="store_true",
+        help=(
+            "--input holds raw pixels (uint8 or any real dtype, N, C, H, W, in the model's channel order and size): "
+            "scale and normalise them with the model's resnetc.preprocessing metadata first"
+        ),
+    )
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument("--repeats", type=int, default=20, help="timed runs for the median latency")
     run.add_argument("--no-tf32", action="store_true", help="CUDA: no TF32 in fp32 convolutions (exact fp32)")

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from resnetc.core.errors import UsageError, shown
+from resnetc.runtime.preprocess import Preprocessing
 
 DEFAULT_SIZE = 224
 
@@ -123,8 +124,11 @@ def ort_failure(path: Path, doing: str, error: Exception) -> UsageError:
 MAX_INPUT_BYTES = 4 * 2**30  # what `run` allocates for an input batch at most: an honest limit, said up front
 
 
-def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int) -> np.ndarray:
-    """The array to run: from a .npy file (checked against the model's input), or seeded noise."""
+def make_batch(
+    session: ort.InferenceSession, input_file: str | None, batch: int, preprocessing: Preprocessing | None = None
+) -> np.ndarray:
+    """The array to run: from a .npy file (checked against the model's input; raw pixels of any real dtype
+    prepared by `preprocessing` where given), or seeded noise."""
     declared = session.get_inputs()[0]
     shape = declared.shape
     if input_file is None:
@@ -142,8 +146,19 @@ def make_batch(session: ort.InferenceSession, input_file: str | None, batch: int
             )
         return np.random.default_rng(0).standard_normal((batch, channels, height, width), dtype=np.float32)
     array = _read_input(Path(input_file))
-    if array.dtype != np.float32:
-        raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32")
+    if preprocessing is not None:
+        if array.dtype.kind not in "uif" or array.ndim != 4:
+            raise UsageError(
+                f"{input_file}: dtype {array.dtype}, shape {list(array.shape)}; --preprocess takes pixels (N, C, H, W) "
+                "of integers or floats"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise UsageError(f"{input_file}: holds NaN or infinite values")
+        array = preprocessing.apply(array)
+    elif array.dtype != np.float32:
+        raw = array.dtype.kind == "u"
+        hint = " (raw pixels? --preprocess prepares them as the model's metadata says)" if raw else ""
+        raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32{hint}")
     if array.ndim != len(shape):
         raise UsageError(f"{input_file}: shape {list(array.shape)}; the model takes {len(shape)} dimensions {shape}")
     if array.shape[0] < 1:
