@@ -124,3 +124,17 @@ def test_onnx_path_never_imports_torch(tmp_path) -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"code": 0, "torch": []}
     assert (tmp_path / "resnet18.onnx").stat().st_size > 40_000_000
+
+
+def test_check_loads_neither_numpy_nor_onnx() -> None:
+    """`check` makes no array and no graph: numpy (a quarter of its time) and onnx stay unloaded, so the
+    command stays within its 0.3 s (issue 23). The op modules name numpy lazily (`resnetc.core.lazy`)."""
+    script = (
+        "import sys\n"
+        "from resnetc.cli import main\n"
+        "code = main(['check', 'resnet50', 'timm/resnetv2_50x1_bit', 'examples/se_resnet50'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'torch') or m == 'numpy._core')\n"
+        "print(code, heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "0 []"

@@ -107,7 +107,7 @@ def _check(args: argparse.Namespace) -> int:
             f"{shown(spec)}: ok: {summary.name}, {summary.layers} layers, {summary.params:,} params, "
             f"{summary.macs / 1e9:.3f} GMACs, {output}"
         )
-        from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES
+        from resnetc.core.limits import MAX_INLINE_WEIGHT_BYTES
 
         if summary.params * 4 > MAX_INLINE_WEIGHT_BYTES:  # buffers add little; compile checks exactly
             print(

@@ -8,3 +8,5 @@ MAX_BLOCK_NESTING = 32  # blocks inside blocks, through submodules and stages (r
 MAX_OUTPUTS = 64  # a backbone's features (timm's: 5 at most)
 FLOAT32_MAX = 3.4028234663852886e38  # a float attribute or constant beyond it is infinite in the graph
 MAX_DIM = 2**31 - 1  # one dimension of one tensor (a sample's channels, height or width)
+# A protobuf message cannot exceed 2 GiB, and ONNX weights are written inline: room is left for the graph.
+MAX_INLINE_WEIGHT_BYTES = 2**31 - 2**26

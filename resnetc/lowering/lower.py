@@ -7,6 +7,7 @@ it (or, inside a library block, at the stage argument that reached it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from resnetc import ops
@@ -158,7 +159,12 @@ class _Instantiator:
     def _stage(self, layer: LayerIR, env: dict[str, int], prefix: str, source: str) -> str:
         stride = self.evaluate(layer, "stride", env, prefix)
         instances, value = [], source
-        for index, arguments in enumerate(layer.per_block or self._uniform_blocks(layer, env, prefix)):
+        blocks = layer.per_block or self._uniform_blocks(layer, env, prefix)
+        block_start = len(self.nodes)
+        for index, arguments in enumerate(blocks):
+            if index == 2:  # the second block made len(self.nodes) - block_start operations
+                self._refuse_oversized_stage(layer, prefix, blocks, len(self.nodes) - block_start)
+            block_start = len(self.nodes)
             block = self.blocks[layer.block_at(index)]  # type: ignore[index]
             defaults = {name: value for name, value in block.params.items() if value is not None}
             args = {**defaults, **arguments}
@@ -170,6 +176,25 @@ class _Instantiator:
             value = self.scope(block, {**args, "in_channels": in_channels}, f"{prefix}{layer.name}.{index}.", value)
         self.stages[prefix + layer.name] = instances
         return value
+
+    def _refuse_oversized_stage(
+        self, layer: LayerIR, prefix: str, blocks: Sequence[dict[str, int | float]], second: int
+    ) -> None:
+        """Before the third block: where every block after the first is alike (same type, same arguments: the
+        same operations), the stage's size is known from the second, and a stage of 10,000 blocks that would
+        pass the bound on operations is refused now rather than after building 200,000 of them."""
+        if any(arguments != blocks[1] for arguments in blocks[2:]):
+            return  # per-block arguments (drop-path rates): counted as they are built
+        total = len(self.nodes) + (len(blocks) - 2) * second
+        if total > MAX_NODES:
+            raise self.fail(
+                layer,
+                "repeat",
+                f"the model would have more than {MAX_NODES:,} operations (about {total:,} with this stage's "
+                f"{len(blocks):,} blocks of {second:,})",
+                prefix,
+                "E404",
+            )
 
     def _uniform_blocks(self, layer: LayerIR, env: dict[str, int], prefix: str) -> list[dict[str, int | float]]:
         """A stage inside a block: every block gets the same arguments, evaluated for this instance."""

@@ -14,15 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import numpy as np
-
 from resnetc.core.dims import Size, unknown
 from resnetc.core.errors import SpecError
 from resnetc.core.expr import Expr
+from resnetc.core.lazy import lazy_import
 from resnetc.ops.fields import StrictModel, expression_fields, rate_fields
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from resnetc.core.ir import LayerIR, Node
+else:
+    np = lazy_import("numpy")  # not imported by commands that make no arrays (`check`)
 
 Shape = tuple[int, ...]  # one sample's shape: (C, H, W) or (features,); the batch is implicit
 Attrs = dict[str, Any]  # evaluated attributes: ints, floats, bools, strings, None for "default"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from math import prod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from resnetc.core.expr import Expr
+from resnetc.core.lazy import lazy_import
 from resnetc.ops import source
 from resnetc.ops.base import (
     TENSOR,
@@ -28,7 +28,11 @@ from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from resnetc.core.ir import LayerIR, Node
+else:
+    np = lazy_import("numpy")  # not imported by commands that make no arrays (`check`)
 
 # A block's code is written once for every input size, and a flattened size depends on it.
 HEAD_ONLY = "belongs at the top level of a spec, in the head"

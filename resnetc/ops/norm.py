@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from resnetc.core.expr import Expr
+from resnetc.core.lazy import lazy_import
 from resnetc.ops import source
 from resnetc.ops.base import (
     TENSOR,
@@ -30,7 +30,11 @@ from resnetc.ops.fields import IntExpr, LayerFields
 from resnetc.ops.registry import register
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from resnetc.core.ir import LayerIR, Node
+else:
+    np = lazy_import("numpy")  # not imported by commands that make no arrays (`check`)
 
 
 class BatchNormFields(LayerFields):

@@ -22,8 +22,6 @@ Weights = dict[str, np.ndarray]
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # a training counter, not a weight
 MAX_LISTED = 10
 MAX_NAME_SHOWN = 160  # characters of one key in a message
-# A protobuf message cannot exceed 2 GiB, and ONNX weights are written inline: room is left for the graph.
-MAX_INLINE_WEIGHT_BYTES = 2**31 - 2**26
 
 
 def initialise(graph: Graph, seed: int = 0) -> Weights:

@@ -18,9 +18,10 @@ from resnetc import ops
 from resnetc.core.dims import Size
 from resnetc.core.errors import SpecError, UsageError
 from resnetc.core.ir import Model, Node
+from resnetc.core.limits import MAX_INLINE_WEIGHT_BYTES
 from resnetc.ops.base import Dim, unsupported
 from resnetc.version import __version__
-from resnetc.weights.arrays import MAX_INLINE_WEIGHT_BYTES, Weights, checked_cast
+from resnetc.weights.arrays import Weights, checked_cast
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 22)
