@@ -16,11 +16,11 @@ from resnetc.verify import exercise_batchnorm
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 SPEC_IDS = [path.stem for path in SPECS]
-# The largest shipped specs (over 40M parameters or 1,000 layers): the per-spec agreement and training tests
+# The largest shipped specs (over 35M parameters or 1,000 layers): the per-spec agreement and training tests
 # run them in the slow suite; every feature they use is covered at a small size by the others.
 LARGE = {
     "resnet1202", "preact_resnet1001", "wide_resnet50_2", "resnet101", "resnet101_v1", "resnet152", "resnet152_v1",
-    "vgg16", "vgg19", "vgg16_bn",
+    "vgg16", "vgg19", "vgg16_bn", "wrn_28_10",
 }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import resnetc
-from tests.conftest import ROOT, SPEC_IDS, exercise_batchnorm, generated_class
+from tests.conftest import ROOT, SPEC_IDS, by_size, exercise_batchnorm, generated_class
 
 # spec -> (params, MACs at the spec's input size or None where the fact sheet gives none, He et al. depth)
 FAMILY = {
@@ -155,11 +155,8 @@ def test_zero_init_residual(stem: str) -> None:
     assert torch.all(generated_class(stem)().layer1[0].get_submodule(last).weight == 1)
 
 
-# The two 1,000-layer nets are slow here (seconds each); every block kind they use is among the others.
-DEEPEST = {"resnet1202", "preact_resnet1001"}
-
-
-@pytest.mark.parametrize("stem", [pytest.param(s, marks=pytest.mark.slow) if s in DEEPEST else s for s in SPEC_IDS])
+# The largest nets (the two 1,000-layer ones take seconds each) are slow here; their blocks are among the others.
+@pytest.mark.parametrize("stem", by_size(SPEC_IDS, SPEC_IDS))
 def test_num_classes_and_in_channels_for_every_spec(stem: str) -> None:
     # Train mode: BatchNorm normalises with batch statistics. (In eval mode an untrained 1000-layer
     # net's activations grow without bound, since its running statistics are still 0 and 1.)

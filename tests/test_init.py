@@ -1,37 +1,18 @@
 """Initialisation declared, not inferred: each residual block names its branch's last norm (`last_norm`), so
-`zero_init_residual` zeroes it in every block of every shipped spec, and the timm specs start where timm does."""
+`zero_init_residual` zeroes it in every block of every shipped spec. That the timm specs start where timm does
+is checked where each pair of models is built (tests/test_timm.py, `_pair`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import resnetc
 from resnetc import ops
 from resnetc.core.errors import SpecError
 from resnetc.frontend.load import load_spec_text
 from resnetc.frontend.shipped import shipped
-from tests.test_timm import TIMM_SPECS, _outputs_params, _spec
-
-timm = pytest.importorskip("timm")
-
-
-def _zero_keys(module: torch.nn.Module) -> set[str]:
-    """Learnable tensors that are all zero (running statistics are buffers that start at zero anyway)."""
-    return {
-        key
-        for key, value in module.state_dict().items()
-        if value.dtype.is_floating_point and "running" not in key
-        if value.numel() and not value.any()
-    }
-
-
-@pytest.mark.parametrize("stem", _outputs_params())
-def test_tensors_zero_at_init_are_timms(stem: str) -> None:
-    name, kwargs = TIMM_SPECS[stem]
-    reference = timm.create_model(name, pretrained=False, **kwargs)
-    assert _zero_keys(resnetc.build(_spec(stem))) == _zero_keys(reference)
+from tests.test_timm import zero_keys
 
 
 def test_every_residual_block_of_every_shipped_spec_declares_its_last_norm() -> None:
@@ -67,7 +48,7 @@ def test_zero_init_residual_zeroes_every_block(name: str) -> None:
         weight = zeroed.get_parameter(f"{prefix}{block.last_norm}.weight")
         assert not weight.any(), prefix
         assert kept.get_parameter(f"{prefix}{block.last_norm}.weight").any(), prefix
-    assert len(_zero_keys(zeroed)) - len(_zero_keys(kept)) == len(instances)
+    assert len(zero_keys(zeroed)) - len(zero_keys(kept)) == len(instances)
 
 
 def test_the_onnx_seeded_weights_zero_the_same_tensors() -> None:

@@ -172,6 +172,7 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # the fast default trains under DDP through `resnetc train` (tests/test_train.py)
 def test_ddp_gloo_gradients_equal_single_process_on_the_whole_batch(tmp_path) -> None:
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)

@@ -12,7 +12,11 @@ from tests.conftest import assert_agree, exercise_batchnorm, generated_class, st
 
 torchvision = pytest.importorskip("torchvision")
 
-STEMS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+# resnet101 and resnet152 are resnet50's blocks, more of them: the slow suite compares them.
+STEMS = [
+    "resnet18", "resnet34", "resnet50",
+    pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow),
+]  # fmt: skip
 
 
 def _reference(stem: str) -> torch.nn.Module:
