@@ -40,6 +40,23 @@ def _log(out) -> dict:
 
 
 @pytest.mark.parametrize(
+    ("words", "amp", "specs"),
+    [
+        (["--amp", "resnet20"], "auto", ["resnet20"]),  # a shipped spec's name
+        (["--amp", SPEC], "auto", [SPEC]),  # a file
+        (["--amp", "bf16", "resnet20"], "bf16", ["resnet20"]),
+        (["resnet20", "--amp"], "auto", ["resnet20"]),
+    ],
+)
+def test_amp_alone_before_a_spec_reads_the_spec_as_a_spec(words, amp, specs) -> None:
+    """`--amp` takes an optional value: before this, `resnetc train --amp SPEC` refused SPEC as a precision."""
+    from resnetc.cli.parser import parser, with_optional_values
+
+    args = parser().parse_args(with_optional_values(["train", *words, "--data", "d.npz", "--epochs", "1"]))
+    assert (args.amp, args.specs) == (amp, specs)
+
+
+@pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--amp", "fp16"], "--amp fp16 runs on CUDA only"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnetc.cli.parser import parser as _parser
+from resnetc.cli.parser import with_optional_values
 from resnetc.core.errors import ResnetcError, SpecError, UsageError, shown
 
 if TYPE_CHECKING:
@@ -466,7 +467,8 @@ def _tolerant_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_streams()
     parser = _parser()
-    args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    words = with_optional_values(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(words)  # exits 2 with a usage message on bad arguments
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {number: signal.signal(number, _interrupt) for number in _INTERRUPTS} if in_main_thread else {}
     try:

@@ -3,6 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+AMP_CHOICES = ("auto", "bf16", "fp16")
+# Options whose value may be left out, with the value they then take: argparse reads the word after them as the
+# value, so `resnetc train --amp SPEC` refused SPEC as a precision.
+OPTIONAL_VALUES = {"--amp": ("auto", AMP_CHOICES)}
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """argv with `--amp SPEC` read as `--amp SPEC` means: the option alone, then a spec (a file that exists, a
+    `.yaml` name or a shipped spec's name); any other word stays the option's value, for argparse to check."""
+    result = []
+    for index, word in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if word in OPTIONAL_VALUES and following is not None and _is_spec(following):
+            word = f"{word}={OPTIONAL_VALUES[word][0]}"
+        result.append(word)
+    return result
+
+
+def _is_spec(word: str) -> bool:
+    from resnetc.frontend.shipped import shipped
+
+    return word.endswith((".yaml", ".yml")) or Path(word).is_file() or word in shipped()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -145,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
         "--amp",
         nargs="?",
         const="auto",
-        choices=("auto", "bf16", "fp16"),
+        choices=AMP_CHOICES,
         help="automatic mixed precision: bf16 on the CPU, fp16 (with loss scaling) on CUDA; --amp alone picks",
     )
     train.add_argument(
