@@ -105,7 +105,8 @@ Reference = Annotated[str, AfterValidator(_check_reference)]
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(
-        strict=True, extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True, validate_by_name=False
+        strict=True, extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True, validate_by_name=False,
+        defer_build=True,
     )
 
 
