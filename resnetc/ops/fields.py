@@ -106,7 +106,7 @@ Reference = Annotated[str, AfterValidator(_check_reference)]
 class StrictModel(BaseModel):
     model_config = ConfigDict(
         strict=True, extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True, validate_by_name=False,
-        defer_build=True,  # validators are built for the ops a spec uses when it is read, not at import
+        defer_build=True,  # built once inside the spec model's schema when a spec is first read, not each at import
     )
 
 
