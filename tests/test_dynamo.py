@@ -16,7 +16,7 @@ from resnetc.api import lower
 from resnetc.backends.torch.loading import model_class
 from resnetc.frontend.shipped import shipped
 
-FAST = ("resnet20", "timm/resnet50_droppath", "timm/resnet50_features")
+FAST = ("resnet20", "timm/resnet50_droppath")  # a basic and a bottleneck block, drop path; backbones: slow
 SPECS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in shipped()]
 
 

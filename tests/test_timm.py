@@ -35,15 +35,16 @@ TIMM_SPECS = {
 # spec of every block the generated ones add. The outputs of every spec run in the slow suite.
 # (seresnet50, ecaresnet50d, resnetblur50, resnetv2_50 and resnest50d run in the slow suite: a smaller spec here has
 # each of their blocks: seresnext26t_32x4d, ecaresnext26t_32x4d, resnetblur18, resnetv2_50d_gn, resnest14d.)
+# One spec per block kind and op in the fast default (the others share them: resnet14t's tiered stem is resnet26t's,
+# seresnext26t's SE and grouped convolutions are seresnet18's and res2next50's, ecaresnext26t's ECA is
+# ecaresnet50d_pruned's, resnetv2_50d_gn's group norm is BiT's); all of them in the slow suite.
 FAST_OUTPUTS = {
     "resnet50d", "resnet26t", "resnetrs50", "resnet50_os16",
     "resnet50_droppath", "resnet50_features", "resnetv2_50x1_bit", "res2net50_26w_4s", "skresnet18",
-    "resnet10t", "resnet18", "seresnet18", "resnetblur18", "resnetaa34d", "resnet14t",
-    "seresnext26t_32x4d", "ecaresnext26t_32x4d", "resnest14d",
+    "resnet10t", "resnet18", "seresnet18", "resnetblur18", "resnetaa34d", "resnest14d",
     # the blocks and ops the last 28 architectures added, one small spec each
     "resnet50_gn", "ecaresnet50d_pruned", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
-    "resnetv2_50d_gn", "res2net50_48w_2s", "res2next50", "resnest50d_1s4x24d",
-    "resnest50d_4s2x40d", "skresnext50_32x4d",
+    "res2net50_48w_2s", "res2next50", "resnest50d_1s4x24d", "resnest50d_4s2x40d", "skresnext50_32x4d",
 }  # fmt: skip
 
 
@@ -58,8 +59,10 @@ def _depth(stem: str) -> int:
 
 
 def _keys_params() -> list:
-    """Every spec; those 101 layers deep or more marked slow (their blocks are the 50-layer ones', repeated)."""
-    return [pytest.param(stem, marks=pytest.mark.slow) if _depth(stem) >= 101 else stem for stem in TIMM_SPECS]
+    """Every spec; in the fast default the ones under 50 layers and one of each block kind (FAST_OUTPUTS), the
+    rest (their blocks repeated more often, or again with other widths) in the slow suite."""
+    fast = {stem for stem in TIMM_SPECS if _depth(stem) < 50} | FAST_OUTPUTS
+    return [stem if stem in fast else pytest.param(stem, marks=pytest.mark.slow) for stem in TIMM_SPECS]
 
 
 def _spec(stem: str) -> str:
@@ -115,8 +118,8 @@ def test_every_timm_spec_is_tested() -> None:
 
 @pytest.mark.parametrize("stem", sorted(_keys_params(), key=lambda param: getattr(param, "values", [param])[0]))
 def test_same_keys_in_timms_order_shapes_and_parameters(stem: str) -> None:
-    """Both models on the meta device: no weight is allocated. The fast default compares every spec under 101
-    layers (72 of 125), the slow suite the rest."""
+    """Both models on the meta device: no weight is allocated. The fast default compares 42 of the 125 specs
+    (`_keys_params`), the slow suite all of them."""
     name, kwargs = TIMM_SPECS[stem]
     with torch.device("meta"):
         reference = timm.create_model(name, pretrained=False, **kwargs)

@@ -129,7 +129,9 @@ def test_option_a_graph_at_every_opset(opset: int) -> None:
     assert_agree(cpu_session(proto).run(None, {"input": batch.numpy()})[0], expected)
 
 
-@pytest.mark.parametrize("stem", ["resnet18", "resnet20", "preact_resnet164", "wrn_28_10"])
+@pytest.mark.parametrize(
+    "stem", ["resnet18", "resnet20", "preact_resnet164", pytest.param("wrn_28_10", marks=pytest.mark.slow)]
+)
 def test_torch_export_accepts_generated_modules(stem: str) -> None:
     model = generated_class(stem)().eval()
     batch = torch.randn(2, 3, 32, 32)
