@@ -298,6 +298,38 @@ def test_partial_writes_the_layers_before_the_first_it_cannot_import(tmp_path, c
     capsys.readouterr()
 
 
+def test_partial_names_the_earliest_layer_it_cannot_import(tmp_path) -> None:
+    """A block deep in layer3 that cannot be imported stops the layers before the later avgpool: the header and
+    the message name it, not the avgpool that tracing the model's own forward refused first."""
+    model = torchvision.models.resnet18()
+    model.avgpool = torch.nn.AdaptiveMaxPool2d(1)
+    model.layer3[1].relu = torch.nn.Mish()  # no resnetc op computes it
+    with pytest.raises(ImportRefused, match=r"Mish") as refused:
+        import_to(model, tmp_path, name="odd", partial=True)
+    assert "avgpool" not in str(refused.value)
+    text = (tmp_path / "odd.partial.yaml").read_text()
+    header = text.split("\nversion:")[0]
+    assert "outputs: [layer2]" in text and "Mish" in header and "avgpool" not in header
+
+
+def test_a_forward_with_a_none_default_imports_as_its_plain_call() -> None:
+    """`forward(x, mask=None)`: fx guards the fixed None with `_assert_is_none`, which is not the model's."""
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = torch.nn.AdaptiveAvgPool2d(1)
+            self.flatten = torch.nn.Flatten()
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.fc(self.flatten(self.pool(self.conv(x))))
+
+    spec, weights = resnetc.import_model(Masked().eval())
+    assert "conv:" in spec and "fc:" in spec and "fc.weight" in weights
+
+
 def test_the_cli_writes_the_pair_that_compile_takes(tmp_path, capsys) -> None:
     assert main(["import", "torchvision:resnet18", "--out", str(tmp_path), "--name", "r18"]) == 0
     assert f"wrote {tmp_path / 'r18.yaml'}" in capsys.readouterr().out

@@ -172,8 +172,8 @@ def import_torch(source: Source, stem: str | None = None, partial: bool = False)
             f"first layer it cannot import ({stopped[0]}). The layers below are those before it, not proven; "
             "the model's output is the last of them. Finish the spec by hand."
         )
-        text, _ = write_spec(root, stem, size, f"INCOMPLETE. {doc}", header, source.preprocessing, incomplete=True)
-        raise IncompleteImport(stopped[0], text)
+        text, _ = write_spec(root, stem, size, f"INCOMPLETE. {doc}", header, source.preprocessing)
+        raise IncompleteImport(stopped[0], text, stem)
     header = (
         f"Imported by `resnetc import` from {source.described}{_args_text(source.args)}: exact, proven before written."
     )
@@ -222,7 +222,6 @@ def write_spec(
     doc: str,
     header: str,
     preprocessing: dict[str, Any] | None,
-    incomplete: bool = False,
 ) -> tuple[str, dict[str, str]]:
     """The spec text of an analysed model: its blocks defined (library ones where they match), its layers; and
     the weight key prefixes that moved (a numbered block renumbered: `conv1.2.` -> `conv1.1.`)."""
@@ -254,10 +253,7 @@ def write_spec(
     moved = _renumber(blocks, everything)
     layers = _entries(root, blocks)
     top: dict[str, Any] = {"version": 1, "name": _class_name(stem), "doc": doc, "input": list(size)}
-    if incomplete:  # no head yet: the last layer imported is the output, as a backbone's
-        top["outputs"] = [root.output] if root.output != INPUT else []
-    else:  # `num_classes` (the classifier's width made it) or a backbone's `outputs`
-        top |= head_fields(layers, root)
+    top |= head_fields(layers, root)  # `num_classes` (the classifier's width made it) or a backbone's `outputs`
     top["shortcut"] = option  # the spec's option (its key is also the op's name, so not a dict literal's key)
     if projection is not None and projection != "projection":
         top["projection"] = projection

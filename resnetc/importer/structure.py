@@ -124,11 +124,15 @@ def analyse(module: Any, path: str, shapes: dict[int, Any], depth: int = 0, stop
         except ImportRefused as refusal:
             if stopped is None:
                 raise
-            stopped.append(str(refusal))
+            # The earliest refusal: a later top-level layer's, recorded while tracing, gives way to this one.
+            stopped[:] = [str(refusal)]
             break
     output, outputs = traced.output, traced.outputs
-    if stopped:  # ends at the last layer imported: its value is what the incomplete model returns
-        output, outputs = (list(layers)[-1] if layers else INPUT), None
+    if stopped:  # a backbone of one feature, the last layer imported: what the incomplete model returns
+        if not layers:
+            raise ImportRefused(stopped[0])  # nothing before the first refusal: no spec to start from
+        output = list(layers)[-1]
+        outputs = [output]
     if id(module) not in shapes:
         raise ImportRefused(f"cannot import {describe(path, module)}: it is not called on a tensor in the forward pass")
     in_shape, out_shape = shapes[id(module)]

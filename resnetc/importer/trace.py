@@ -161,14 +161,17 @@ def _settings(module: Any) -> str:
 
 
 def _drop_guards(graph: Any) -> None:
-    """fx's checks that a fixed argument has its value (`torch._assert(pre_logits == False)`): not the model's."""
+    """fx's checks that a fixed argument has its value (`torch._assert(pre_logits == False)`, and
+    `_assert_is_none(mask)` for a `None` default): not the model's."""
     import torch
+    from torch.fx import _symbolic_trace
 
+    guards = (torch._assert, _symbolic_trace._assert_is_none)
     for node in reversed(list(graph.nodes)):
-        if node.op == "call_function" and node.target is torch._assert and "specialized" in str(node.args[1:]):
+        if node.op == "call_function" and node.target in guards and "specialized" in str(node.args[1:]):
             condition = node.args[0]
             graph.erase_node(node)
-            if hasattr(condition, "users") and not condition.users:
+            if hasattr(condition, "users") and not condition.users and condition.op != "placeholder":
                 graph.erase_node(condition)
 
 
