@@ -109,6 +109,9 @@ def test_cli_writes_the_pair_and_refuses_an_op_without_a_spec_form(resnet18, tmp
     error = capsys.readouterr().err
     assert f"'{node.name}' (Softplus)" in error and "Traceback" not in error
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+    # --partial is for PyTorch sources: an ONNX file says so (it was silently ignored)
+    assert main(["import", str(tmp_path / "odd.onnx"), "--partial", "--out", str(tmp_path / "none")]) == 2
+    assert "--partial applies to PyTorch sources" in capsys.readouterr().err
 
 
 def test_refusals_name_the_node(tmp_path) -> None:

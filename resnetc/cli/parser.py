@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 AMP_CHOICES = ("auto", "bf16", "fp16")
+AMP_ALONE = "auto"  # what `--amp` with no value means
 # Options whose value may be left out, with the value they then take: argparse reads the word after them as the
 # value, so `resnetc train --amp SPEC` refused SPEC as a precision.
-OPTIONAL_VALUES = {"--amp": ("auto", AMP_CHOICES)}
+OPTIONAL_VALUES = {"--amp": AMP_ALONE}
 
 
 def with_optional_values(argv: list[str]) -> list[str]:
@@ -18,15 +18,15 @@ def with_optional_values(argv: list[str]) -> list[str]:
     for index, word in enumerate(argv):
         following = argv[index + 1] if index + 1 < len(argv) else None
         if word in OPTIONAL_VALUES and following is not None and _is_spec(following):
-            word = f"{word}={OPTIONAL_VALUES[word][0]}"
+            word = f"{word}={OPTIONAL_VALUES[word]}"
         result.append(word)
     return result
 
 
 def _is_spec(word: str) -> bool:
-    from resnetc.frontend.shipped import shipped
+    from resnetc.frontend.shipped import resolve
 
-    return word.endswith((".yaml", ".yml")) or Path(word).is_file() or word in shipped()
+    return word.endswith((".yaml", ".yml")) or resolve(word).is_file()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--amp",
         nargs="?",
-        const="auto",
+        const=AMP_ALONE,
         choices=AMP_CHOICES,
         help="automatic mixed precision: bf16 on the CPU, fp16 (with loss scaling) on CUDA; --amp alone picks",
     )

@@ -27,6 +27,8 @@ def import_source(
     if isinstance(module_or_source, str) and is_onnx_file(module_or_source):
         if args:
             raise UsageError("--arg applies to a source that builds the model (timm:, torchvision:, module:callable)")
+        if partial:
+            raise UsageError("--partial applies to PyTorch sources; an ONNX file is imported whole or refused")
         return import_onnx(module_or_source, module_name(name) if name else None)
     if isinstance(module_or_source, str):
         source = resolve(module_or_source, args)
@@ -37,9 +39,5 @@ def import_source(
             module_or_source, type(module_or_source).__name__.lower(), described=type(module_or_source).__name__
         )
     stem = module_name(name) if name else module_name(source.name)
-    try:
-        text, weights = import_torch(source, stem, partial=partial)
-    except IncompleteImport as incomplete:
-        incomplete.stem = stem
-        raise
+    text, weights = import_torch(source, stem, partial=partial)
     return text, weights, stem

@@ -15,7 +15,7 @@ class IncompleteImport(ImportRefused):
     """`--partial`: the model cannot be imported whole; `text` is the spec of the layers before the first that
     cannot, marked as incomplete and unproven, for the user to finish."""
 
-    def __init__(self, message: str, text: str, stem: str = "") -> None:
+    def __init__(self, message: str, text: str, stem: str) -> None:
         super().__init__(message)
         self.text = text
-        self.stem = stem  # the outputs' stem, set by `import_source`
+        self.stem = stem  # the outputs' stem: DIR/<stem>.partial.yaml

@@ -146,16 +146,9 @@ def make_batch(
             )
         return np.random.default_rng(0).standard_normal((batch, channels, height, width), dtype=np.float32)
     array = _read_input(Path(input_file))
-    if preprocessing is not None:
-        if array.dtype.kind not in "uif" or array.ndim != 4:
-            raise UsageError(
-                f"{input_file}: dtype {array.dtype}, shape {list(array.shape)}; --preprocess takes pixels (N, C, H, W) "
-                "of integers or floats"
-            )
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise UsageError(f"{input_file}: holds NaN or infinite values")
-        array = preprocessing.apply(array)
-    elif array.dtype != np.float32:
+    if preprocessing is not None and array.dtype.kind not in "uif":
+        raise UsageError(f"{input_file}: dtype {array.dtype}; --preprocess takes pixels of integers or floats")
+    if preprocessing is None and array.dtype != np.float32:
         raw = array.dtype.kind == "u"
         hint = " (raw pixels? --preprocess prepares them as the model's metadata says)" if raw else ""
         raise UsageError(f"{input_file}: dtype {array.dtype}; the model takes float32{hint}")
@@ -168,6 +161,10 @@ def make_batch(
             raise UsageError(
                 f"{input_file}: shape {list(array.shape)}; axis {axis} must be {want} (model input {shape})"
             )
+    if preprocessing is not None:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise UsageError(f"{input_file}: holds NaN or infinite values")
+        array = preprocessing.apply(array)
     return array
 
 

@@ -89,7 +89,9 @@ def train(
     fitted = _fitted(loaded, dataset, num_classes, in_channels)
     where = processes(device)
     speed = speed or Speed()
-    speed_record = speed.record(where.device)  # refuses what the device cannot run (--amp fp16 on the CPU)
+    # Refused before the output folder is made (fit checks the same for its own callers): what the device
+    # cannot run (--amp fp16 on the CPU), --compile without a compiler.
+    speed_record = speed.record(where.device)
     speed.check_compile(where.device)
     out_dir = out_folder(out_dir)
     paths = {kind: out_dir / f"{loaded.stem}.{kind}" for kind in ("safetensors", "csv", "json")}

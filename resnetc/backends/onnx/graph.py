@@ -40,7 +40,7 @@ class _GraphBuilder:
         self.layouts: dict[str, list[int]] = {}  # weight -> its initializer's dimensions, where not the state_dict's
         self.aliases: dict[str, str] = {}  # an op's output -> the tensor it is at inference (`same`)
         self._outputs = outputs  # the graph's outputs: each must be made by a node
-        self._constants: dict[tuple[int, tuple[int, ...], bytes], str] = {}  # (type, dims, bytes) -> its Constant
+        self._constants: dict[tuple[str, tuple[int, ...], bytes], str] = {}  # (dtype, shape, bytes) -> its Constant
         self._shapes_made: dict[tuple[Dim, ...], str] = {}  # declared dimensions -> the tensor holding them
         self._numpy_type = numpy_type
         self._onnx_type = onnx_type
@@ -92,28 +92,28 @@ class _GraphBuilder:
                 raise AssertionError(f"{op_type} node {name}: its output {output} has no declared shape")
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attributes))
 
-    def _constant(self, name: str, tensor: onnx.TensorProto) -> str:
+    def _constant(self, name: str, values: np.ndarray) -> str:
         """A Constant node, or the one already written with the same type, dimensions and values: a graph of
         fifty group norms holds their shared operands once."""
-        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
-        if key in self._constants:
-            return self._constants[key]
-        self.declare(name, list(tensor.dims), tensor.data_type)
-        self.node("Constant", [], [name], name, value=tensor)
-        self._constants[key] = name
-        return name
+        key = (values.dtype.str, values.shape, values.tobytes())
+        if key not in self._constants:
+            tensor = numpy_helper.from_array(values, name=name)
+            self.declare(name, list(tensor.dims), tensor.data_type)
+            self.node("Constant", [], [name], name, value=tensor)
+            self._constants[key] = name
+        return self._constants[key]
 
     def constant(self, name: str, values: list[int]) -> str:
         """An int64 Constant node: shape operands are not weights, so they are not initializers."""
-        return self._constant(name, numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=name))
+        return self._constant(name, np.asarray(values, dtype=np.int64))
 
     def tensor(self, name: str, values: np.ndarray) -> str:
         """A constant tensor in the graph's compute type: a fixed filter that is not a weight (no state_dict key)."""
-        return self._constant(name, numpy_helper.from_array(self._in_compute_type(name, values), name=name))
+        return self._constant(name, self._in_compute_type(name, values))
 
     def scalar(self, name: str, value: float) -> str:
         """A scalar Constant in the graph's compute type (float32, or float16 under --dtype float16)."""
-        return self._constant(name, numpy_helper.from_array(self._in_compute_type(name, value), name=name))
+        return self._constant(name, self._in_compute_type(name, value))
 
     def shape_of(self, value: str, name: str) -> str:
         """The int64 shape of `value`: a Constant where every dimension is a number, else one Shape node per

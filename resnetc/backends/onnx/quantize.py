@@ -102,10 +102,6 @@ class QuantizeReport:
     samples: int
     recipe: Recipe = DEFAULT
 
-    @property
-    def activations(self) -> str:
-        return self.recipe.activations
-
     def __str__(self) -> str:
         return f"quantized to int8 ({self.recipe.describe()}, {self.samples} calibration images)"
 
@@ -130,15 +126,10 @@ def read_calibration(path: str | Path, channels: int) -> np.ndarray:
 
 
 def quantize(
-    model: onnx.ModelProto, images: np.ndarray, recipe: Recipe | str = DEFAULT
+    model: onnx.ModelProto, images: np.ndarray, recipe: Recipe = DEFAULT
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """The model quantized statically on `images` (its input `input`) by `recipe` (the default: what `--dtype
-    int8` writes; "uint8" or "int8" for the default with those activations), our names, shapes and provenance
-    given back."""
-    if isinstance(recipe, str):
-        if recipe not in ACTIVATIONS:
-            raise UsageError(f"activations must be one of {', '.join(ACTIVATIONS)}")
-        recipe = Recipe(activations=recipe)
+    int8` writes), our names, shapes and provenance given back."""
     root = logging.getLogger()  # onnxruntime's tooling advises on the root logger: resnetc says what matters
     level = root.level
     root.setLevel(logging.ERROR)
