@@ -6,8 +6,8 @@
 
 Sections:
 - compile: whole-process wall time of `resnetc compile SPEC --target onnx` against building the
-  generated module and calling torch.onnx.export (dynamo and legacy); peak memory of resnet152;
-  start-up time of `resnetc --help` and `resnetc check`.
+  generated module and calling torch.onnx.export (dynamo and legacy); peak memory of resnet152; import time
+  of each command against its budget; start-up time of `resnetc --help` (`check`'s is in the floor section).
 - cpu: onnxruntime latency of our graph against the exporter's graph of the same module and weights
   (interleaved runs, median of per-pair ratios); PyTorch eager of the generated module against
   torchvision's; achieved GFLOP/s (2 x MACs / time) beside onnxruntime's own large-GEMM throughput.
@@ -44,7 +44,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +175,7 @@ def floor_section(repeats: int) -> list[Row]:
                         if name == "resnetc":
                             peaks.append(peak)
                 ours = statistics.median(times["resnetc"])
-                pairs = statistics.median(a / b for a, b in zip(times["resnetc"], times["floor"], strict=True))
+                pairs = _paired_ratio(times["resnetc"], times["floor"])
                 rows.append(
                     Row(
                         "floor",
@@ -200,7 +200,7 @@ def floor_section(repeats: int) -> list[Row]:
                     )
                 )
                 if "dynamo" in times:
-                    pairs = statistics.median(a / b for a, b in zip(times["resnetc"], times["dynamo"], strict=True))
+                    pairs = _paired_ratio(times["resnetc"], times["dynamo"])
                     rows.append(
                         Row(
                             "floor",
@@ -291,23 +291,7 @@ def compile_section(repeats: int) -> list[Row]:
             "--out",
             out,
         ]
-        dynamo50 = [python, str(ROOT / "benchmarks/export_baseline.py"), "resnet50", "dynamo", f"{out}/dynamo.onnx"]
-        paired: dict[str, list[float]] = {"ours": [], "dynamo": []}
-        for _ in range(repeats):  # interleaved, whole processes
-            paired["ours"].append(_process(with_weights)[0])
-            paired["dynamo"].append(_process(dynamo50)[0])
-        ours50, dynamo50_s = statistics.median(paired["ours"]), statistics.median(paired["dynamo"])
-        rows.append(
-            Row(
-                "compile",
-                "resnet50 --weights .safetensors vs torch.onnx.export(dynamo=True)",
-                ours50,
-                dynamo50_s,
-                "s",
-                "ratio <= 0.10",
-                ours50 / dynamo50_s <= 0.10,
-            )
-        )
+        # (compile with these weights against the dynamo export, and `check`'s whole process: the floor section)
         # What each command spends importing (python -X importtime): a dependency release that slows one
         # (ml_dtypes 0.7.0 added 0.5-0.8 s to every ONNX command) shows up here against its budget.
         onnx_file = f"{out}/resnet50.onnx"
@@ -320,16 +304,12 @@ def compile_section(repeats: int) -> list[Row]:
         for name, (argv, budget) in budgets.items():
             spent = statistics.median(_import_time(argv) for _ in range(repeats))
             rows.append(Row("compile", f"import time: {name}", spent, budget, "s", f"<= {budget} s", spent <= budget))
-        startup = {
-            "python -c pass": [python, "-c", "pass"],
-            "resnetc --help": [python, "-m", "resnetc", "--help"],
-            "resnetc check resnet50": [python, "-m", "resnetc", "check", str(ROOT / "specs/resnet50.yaml")],
-        }
+        startup = {"python -c pass": [python, "-c", "pass"], "resnetc --help": [python, "-m", "resnetc", "--help"]}
         medians = {name: statistics.median(_process(argv)[0] for _ in range(repeats)) for name, argv in startup.items()}
-        for name in ("resnetc --help", "resnetc check resnet50"):
-            rows.append(
-                Row("compile", f"start-up: {name} vs python -c pass", medians[name], medians["python -c pass"], "s")
-            )
+        rows.append(
+            Row("compile", "start-up: resnetc --help vs python -c pass", medians["resnetc --help"],
+                medians["python -c pass"], "s")
+        )  # fmt: skip
     return rows
 
 
@@ -404,7 +384,7 @@ def cpu_section(repeats: int) -> list[Row]:
             ours_times, their_times = _median_interleaved(
                 [partial(ours.run, None, {"input": x}), partial(theirs.run, None, {"input": x})], repeats
             )
-            ratio = statistics.median(a / b for a, b in zip(ours_times, their_times, strict=True))
+            ratio = _paired_ratio(ours_times, their_times)
             ours_ms, theirs_ms = statistics.median(ours_times) * 1e3, statistics.median(their_times) * 1e3
             row = Row(
                 "cpu",
@@ -431,7 +411,7 @@ def cpu_section(repeats: int) -> list[Row]:
                 ours_times, their_times = _median_interleaved(
                     [partial(model, x_torch), partial(reference, x_torch)], repeats
                 )
-            ratio = statistics.median(a / b for a, b in zip(ours_times, their_times, strict=True))
+            ratio = _paired_ratio(ours_times, their_times)
             rows.append(
                 Row(
                     "cpu",
@@ -488,15 +468,6 @@ INT8_TARGET = 3.0  # --dtype int8 at batch 8 against our fp32 file
 INT8_TRAINED = (ROOT / "runs" / "degradation" / "resnet20.safetensors", ROOT / "runs" / "degradation" / "digits16.npz")
 
 
-def _plain_session(model: bytes, threads: int = INT8_THREADS):
-    """What a user opens the file with: default options, only the intra-op threads set."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _blocks(
     functions: list[Callable[[], object]], repeats: int, timed: int = 2, warmup: int = 1
 ) -> tuple[list[list[float]], list[list[float]]]:
@@ -523,9 +494,19 @@ def _blocks(
     return first, steady
 
 
+def _ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """The per-round (or per-repeat) ratios of interleaved runs, sorted: each round is its own baseline."""
+    return sorted(a / b for a, b in zip(numerators, denominators, strict=True))
+
+
+def _paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of per-round ratios."""
+    return statistics.median(_ratios(numerators, denominators))
+
+
 def _speedups(fp32: list[float], other: list[float]) -> tuple[float, float, float]:
     """Median, first and third quartile of the per-round ratio fp32 / other (the round's own baseline)."""
-    ratios = sorted(a / b for a, b in zip(fp32, other, strict=True))
+    ratios = _ratios(fp32, other)
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return statistics.median(ratios), quartiles[0], quartiles[2]
 
@@ -539,6 +520,17 @@ def _int8_file(spec: Path, weights, calibration: np.ndarray, **options: object) 
         return proto.SerializeToString()
 
 
+@cache
+def _resnet50_int8() -> tuple[object, dict[str, np.ndarray], np.ndarray, bytes, bytes]:
+    """resnet50 (module, weights), the 32 calibration images, our fp32 file and the file `--dtype int8` writes:
+    made once for both int8 sections (the calibration alone takes most of a minute here)."""
+    model, weights = _model_and_weights("resnet50")
+    spec = ROOT / "specs" / "resnet50.yaml"
+    calibration = np.random.default_rng(0).standard_normal((32, 3, 224, 224), dtype=np.float32)
+    fp32 = resnetc.to_onnx(spec, weights=weights).SerializeToString()
+    return model, weights, calibration, fp32, _int8_file(spec, weights, calibration)
+
+
 def int8_section(repeats: int) -> list[Row]:
     """resnet50: the file `--dtype int8` writes against our fp32 file, each in a plain InferenceSession (default
     options, 2 intra-op threads), in alternating blocks of back-to-back runs; the speed-up is the median of
@@ -549,58 +541,48 @@ def int8_section(repeats: int) -> list[Row]:
 
     from resnetc.backends.onnx.quantize import quantize
 
-    model, weights = _model_and_weights("resnet50")
-    spec = ROOT / "specs" / "resnet50.yaml"
-    rng = np.random.default_rng(0)
-    calibration = rng.standard_normal((32, 3, 224, 224), dtype=np.float32)
+    model, _, calibration, fp32, int8 = _resnet50_int8()
     exported, _ = quantize(onnx.load_from_string(_exporter_graph(model)), calibration)
     files = {
-        "fp32": resnetc.to_onnx(spec, weights=weights).SerializeToString(),
-        "int8": _int8_file(spec, weights, calibration),
+        "fp32": fp32,
+        "int8": int8,
         "exporter graph int8": exported.SerializeToString(),
     }
     rows: list[Row] = []
 
-    def speedup_row(batch: int, threads: int, names: list[str], what: str = "") -> dict[str, list[float]]:
-        sessions = [_plain_session(files[name], threads) for name in names]
+    def speedup_row(batch: int, threads: int, names: list[str]) -> dict[str, list[float]]:
+        """The speed-up of the blocks' steady runs (at batch 8 on 2 threads: the target), and there the same
+        blocks' first runs beside it; the steady times by file."""
+        sessions = [create_session(files[name], "cpu", threads=threads) for name in names]
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
         first, steady = _blocks([partial(session.run, None, {"input": x}) for session in sessions], repeats)
-        chosen = first if what else steady
-        times = dict(zip(names, chosen, strict=True))
-        speedup, low, high = _speedups(times["fp32"], times["int8"])
-        target = batch == 8 and threads == INT8_THREADS and not what
-        rows.append(
-            Row(
-                "int8",
-                f"resnet50 b{batch} fp32 vs --dtype int8, {threads} thread{'s' * (threads > 1)}{what}"
-                f" (pairs {low:.2f}-{high:.2f})",
-                statistics.median(times["fp32"]) * 1e3,
-                statistics.median(times["int8"]) * 1e3,
-                "ms",
-                f">= {INT8_TARGET}" if target else "",
-                speedup >= INT8_TARGET if target else None,
-                speedup,
-            )
-        )
-        if not what and batch == 8 and threads == INT8_THREADS:  # the same blocks' first runs
-            cold = dict(zip(names, first, strict=True))
-            speedup, low, high = _speedups(cold["fp32"], cold["int8"])
+        target = batch == 8 and threads == INT8_THREADS
+        label = f"resnet50 b{batch} fp32 vs --dtype int8, {threads} thread{'s' * (threads > 1)}"
+
+        def add(runs: list[list[float]], case: str, checked: bool) -> None:
+            times = dict(zip(names, runs, strict=True))
+            speedup, low, high = _speedups(times["fp32"], times["int8"])
             rows.append(
                 Row(
                     "int8",
-                    f"resnet50 b8 fp32 vs --dtype int8, {threads} threads, first run after the other file"
-                    f" (pairs {low:.2f}-{high:.2f})",
-                    statistics.median(cold["fp32"]) * 1e3,
-                    statistics.median(cold["int8"]) * 1e3,
+                    f"{case} (pairs {low:.2f}-{high:.2f})",
+                    statistics.median(times["fp32"]) * 1e3,
+                    statistics.median(times["int8"]) * 1e3,
                     "ms",
-                    paired_ratio=speedup,
+                    f">= {INT8_TARGET}" if checked else "",
+                    speedup >= INT8_TARGET if checked else None,
+                    speedup,
                 )
             )
+
+        add(steady, label, target)
+        if target:
+            add(first, f"{label}, first run after the other file", False)
         return dict(zip(names, steady, strict=True))
 
     for batch in (1, 8):
         times = speedup_row(batch, INT8_THREADS, list(files))
-        theirs = statistics.median(a / b for a, b in zip(times["int8"], times["exporter graph int8"], strict=True))
+        theirs = _paired_ratio(times["int8"], times["exporter graph int8"])
         rows.append(
             Row(
                 "int8",
@@ -615,8 +597,8 @@ def int8_section(repeats: int) -> list[Row]:
         )
     # At 1 thread: the kernels' own ratio, free of the waits of a 2-thread pool on a shared machine.
     speedup_row(8, 1, ["fp32", "int8"])
-    sessions = {name: _plain_session(files[name]) for name in ("fp32", "int8")}
-    x = rng.standard_normal((32, 3, 224, 224), dtype=np.float32)  # not the calibration images
+    sessions = {name: create_session(files[name], "cpu", threads=INT8_THREADS) for name in ("fp32", "int8")}
+    x = np.random.default_rng(1).standard_normal((32, 3, 224, 224), dtype=np.float32)  # not the calibration images
     reference = sessions["fp32"].run(None, {"input": x})[0]
     quantized = sessions["int8"].run(None, {"input": x})[0]
     scale = float(np.abs(reference).max())
@@ -709,7 +691,7 @@ def _trained_top1_deltas() -> dict[str, str]:
     images, labels = dataset.test.images, dataset.test.labels
 
     def logits(model: bytes) -> np.ndarray:
-        return _plain_session(model).run(None, {"input": images})[0]
+        return create_session(model, "cpu", threads=INT8_THREADS).run(None, {"input": images})[0]
 
     reference = logits(graphs["plain"].SerializeToString())
     accuracy = float((reference.argmax(1) == labels).mean())
@@ -728,28 +710,25 @@ def int8_formats_section(repeats: int) -> list[Row]:
     2 intra-op threads) at batch 8, in rounds with our fp32 file (and that file again, the noise control): per
     round each file runs twice back to back and the second run is timed (`_blocks`); the speed-up is the median of
     per-round ratios, with their quartiles; the top-1 change on the trained resnet20's test split beside it."""
-    model, weights = _model_and_weights("resnet50")
-    del model
+    _, weights, calibration, fp32, int8 = _resnet50_int8()
     spec = ROOT / "specs" / "resnet50.yaml"
-    rng = np.random.default_rng(0)
-    calibration = rng.standard_normal((32, 3, 224, 224), dtype=np.float32)
     graphs = {
         "plain": resnetc.to_onnx(spec, weights=weights),
         "folded": resnetc.to_onnx(spec, weights=weights, fold_bn=True),
     }
-    files = {"fp32": graphs["plain"].SerializeToString()}
+    files = {"fp32": fp32}
     files["fp32 again (noise control)"] = files["fp32"]
     files["fp32 --fold-bn"] = graphs["folded"].SerializeToString()
     candidates = _int8_candidates()
     for label, source, recipe, level in candidates:
         if label.endswith("(--dtype int8)"):
-            files[label] = _int8_file(spec, weights, calibration)  # the very file the command writes
+            files[label] = int8  # the very file the command writes
         else:
             files[label] = _candidate_file(graphs, calibration, source, recipe, level)
     deltas = _trained_top1_deltas()
-    x = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(1).standard_normal((8, 3, 224, 224), dtype=np.float32)  # not the calibration images
     names = list(files)
-    sessions = [_plain_session(files[name]) for name in names]
+    sessions = [create_session(files[name], "cpu", threads=INT8_THREADS) for name in names]
     _, steady = _blocks([partial(session.run, None, {"input": x}) for session in sessions], repeats, timed=1)
     times = dict(zip(names, steady, strict=True))
     rows: list[Row] = []
@@ -864,7 +843,7 @@ def _run_json(argv: list[str], env: dict[str, str]) -> str:
 
 def _paired(what: str, ours: list[float], theirs: list[float]) -> float:
     """The median of per-repeat ratios; every ratio goes to stderr, so that the spread is on record."""
-    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    ratios = _ratios(ours, theirs)
     print(f"train: {what} per repeat: {', '.join(f'{r:.3f}' for r in ratios)}", file=sys.stderr)
     return statistics.median(ratios)
 
